@@ -1,0 +1,25 @@
+# Two commands matter: `make demo` and `make test`. Both run setup first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node/node_modules/.bin:/usr/sbin:$(PATH)
+
+.PHONY: setup test demo bench lint contracts clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q tests hil_tests
+
+demo: setup
+	$(PY) -m sim.demo
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) node/node_modules .pytest_cache .hypothesis

