@@ -16,7 +16,7 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS accounts (
         address TEXT PRIMARY KEY,
         label TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL DEFAULT (unixepoch('subsec'))
+        created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
     )""",
     """CREATE TABLE IF NOT EXISTS balance_entries (
         id INTEGER PRIMARY KEY,
@@ -25,7 +25,7 @@ SCHEMA = [
         delta INTEGER NOT NULL,
         reason TEXT NOT NULL,
         ref TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL DEFAULT (unixepoch('subsec'))
+        created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
     )""",
     "CREATE INDEX IF NOT EXISTS balance_entries_addr ON balance_entries(address, asset)",
     "CREATE INDEX IF NOT EXISTS balance_entries_ref ON balance_entries(reason, ref)",

@@ -31,7 +31,7 @@ SCHEMA = [
         kind TEXT NOT NULL,
         payload TEXT NOT NULL,
         state TEXT NOT NULL DEFAULT 'queued',
-        created_at REAL NOT NULL DEFAULT (unixepoch('subsec'))
+        created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
     )""",
     "CREATE INDEX IF NOT EXISTS ledger_outbox_state ON ledger_outbox(state, id)",
 ]
