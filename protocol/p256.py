@@ -15,7 +15,7 @@ Choices, and why:
 - Signing multiplies the fixed generator G.  A 4-tooth comb (Lim-Lee) over a
   table of 15 affine points, sums of G, 2^64 G, 2^128 G, 2^192 G, needs only
   64 doublings and at most 64 mixed additions, a quarter of the doublings of
-  a plain 4-bit window with the same 15 points.  The table (about 2 KB) is
+  a plain 4-bit window with the same 15 points.  The table (about 2.5 KB) is
   built once, on first use.
 - Big-integer `%` is the dearest operation under MicroPython, so sums of
   products are reduced once, and the point formulas are written out inline in
@@ -30,8 +30,8 @@ import hashlib
 
 try:
     from os import urandom as _urandom
-except ImportError:  # older MicroPython ports
-    from urandom import urandom as _urandom  # type: ignore
+except ImportError:  # MicroPython ports older than the os/uos rename
+    from uos import urandom as _urandom
 
 # Curve parameters (SEC 2 / FIPS 186-4), y^2 = x^3 - 3x + b over GF(p).
 P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
@@ -153,7 +153,11 @@ def _comb_table():
                 if i >> j & 1:
                     b = base[j]
                     X, Y, Z = _add(X, Y, Z, b[0], b[1], b[2])
-            tx[i], ty[i] = _to_affine(X, Y, Z)
+            x, y = _to_affine(X, Y, Z)
+            # re-created from bytes: a `%` result keeps the dividend's digit
+            # buffer under MicroPython (160 bytes instead of 64).
+            tx[i] = int.from_bytes(x.to_bytes(32, "big"), "big")
+            ty[i] = int.from_bytes(y.to_bytes(32, "big"), "big")
         _TX, _TY = tx, ty
     return _TX, _TY
 

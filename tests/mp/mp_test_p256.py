@@ -96,7 +96,7 @@ def test_bad_secret_rejected():
         except ValueError:
             pass
         else:
-            raise AssertionError("accepted bad secret %s" % bad.hex())
+            raise AssertionError("accepted bad secret " + bad.hex())
 
 
 def test_wrong_types_raise_type_error():
@@ -107,7 +107,7 @@ def test_wrong_types_raise_type_error():
         except TypeError:
             pass
         else:
-            raise AssertionError("no TypeError for %r" % (args,))
+            raise AssertionError("no TypeError for " + repr(args))
 
 
 def test_garbage_signatures_are_false():

@@ -74,11 +74,11 @@ def run(arg, name_filter=None):
                 _print_exc(exc)
                 continue
             passed += 1
-            print("PASS", name, "(%d ms)" % (_ticks_ms() - start))
+            print("PASS", name, f"({_ticks_ms() - start} ms)")
     finally:
         if hasattr(module, "teardown_module"):
             module.teardown_module()
-    print("== %s: %d passed, %d failed, %d skipped" % (arg, passed, failed, skipped))
+    print(f"== {arg}: {passed} passed, {failed} failed, {skipped} skipped")
     if not names:
         print("== no test_* functions found")
         return 1
