@@ -11,7 +11,7 @@ Choices, and why:
   random source is the weakest part of an ECDSA signer; a repeated nonce leaks
   the key. No low-s normalisation: the OCMF verifiers accept either s.
 - Jacobian coordinates with the a = -3 doubling, so a scalar multiplication
-  needs two modular inversions instead of hundreds.
+  needs one modular inversion at the end instead of one per step.
 - Signing multiplies the fixed generator G.  A 4-tooth comb (Lim-Lee) over a
   table of 15 affine points, sums of G, 2^64 G, 2^128 G, 2^192 G, needs only
   64 doublings and at most 64 mixed additions, a quarter of the doublings of
@@ -20,9 +20,14 @@ Choices, and why:
 - Big-integer `%` is the dearest operation under MicroPython, so sums of
   products are reduced once, and the point formulas are written out inline in
   the hot loop (a Python call costs as much as a few multiplications there).
+  No @micropython.native: tried on the unix port, signing got slower (the big
+  integer work is already in C), and it would tie the file to one architecture.
 - Modular inverses: CPython's pow(x, -1, m) where it exists; MicroPython
   returns a wrong answer (0) for a negative exponent and its Fermat pow is
   25x slower than the extended Euclid below, so it gets the Euclid.
+- Heap on the device: the table holds about 2.5 KB and a signature needs about
+  5 KB free at its peak (bench/sign.py), but compiling this file from source
+  takes about 50 KB for a moment: on an ESP32 freeze it or ship it as .mpy.
 - Not constant time: a timing side channel on a pure-Python interpreter cannot
   be closed here.  The device key only ever signs the device's own readings.
 """
@@ -78,7 +83,7 @@ def _double(X, Y, Z):
 
 
 def _add(X1, Y1, Z1, X2, Y2, Z2):
-    # add-2007-bl without the final squarings trick; handles every special case.
+    # General Jacobian addition (add-1998-cmo-2); handles every special case.
     p = P
     if Z1 == 0:
         return X2, Y2, Z2
