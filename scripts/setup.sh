@@ -28,6 +28,19 @@ else
 fi
 .venv/bin/micropython -c 'import sys' || die "the MicroPython unix port did not install"
 
+# 1b. MicroPython type stubs for the firmware fidelity gate, kept out of the venv so they
+#     never shadow CPython's own modules: one folder per port.
+stubs_stamp=.stubs/.installed-1.29.0.post1
+if [ ! -f "$stubs_stamp" ]; then
+  say "installing MicroPython stubs (esp32, unix) into .stubs/"
+  rm -rf .stubs
+  .venv/bin/python -m pip install --quiet --no-deps --target .stubs/esp32 micropython-esp32-esp32-generic-stubs==1.29.0.post1
+  .venv/bin/python -m pip install --quiet --no-deps --target .stubs/unix micropython-unix-stubs==1.29.0.post1
+  touch "$stubs_stamp"
+else
+  say "MicroPython stubs up to date"
+fi
+
 # 2. Anvil from npm, into node/ with its lock file.
 if ! command -v npm >/dev/null 2>&1; then
   die "npm is needed to install Anvil (apt-get install nodejs npm)"
