@@ -1,0 +1,391 @@
+"""The gateway's own tables: devices, meters, readings, quarantine, security events,
+sequence gaps, 15-minute intervals and the service's status.
+
+A reading row keeps the raw OCMF string exactly as received next to the fields
+parsed from it: the raw string is the legal evidence (anyone can re-verify it
+with the device's public key), the parsed columns are for queries. Rejected
+messages go to `quarantine` (deduplicated by SHA-256 so a device replaying the
+same bad record forever stores it once), each with a security event.
+
+A device's meter history is a list of "meter epochs": epoch 0 is the meter
+registered with the device, each `replace-meter` adds the next. A reading
+belongs to the epoch whose serial it carries; registers may only fall across an
+epoch change. Everything that changes the device registry bumps
+`registry_version`, so the running ingest notices a revocation made from the CLI.
+"""
+import hashlib
+import json
+import time
+
+from gateway.db import ensure_schema, transaction
+
+SCHEMA_VERSION = 1
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS devices (
+        id TEXT PRIMARY KEY,
+        pubkey TEXT NOT NULL,
+        meter_serial TEXT NOT NULL,
+        account TEXT,
+        revoked INTEGER NOT NULL DEFAULT 0,
+        revoked_at REAL,
+        revoked_reason TEXT NOT NULL DEFAULT '',
+        first_seq INTEGER,
+        last_seq INTEGER,
+        acked_seq INTEGER,
+        last_seen REAL,
+        status TEXT,
+        status_at REAL,
+        dirty_since INTEGER,
+        created_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS meters (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        epoch INTEGER NOT NULL,
+        meter_serial TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        registered_at REAL NOT NULL,
+        PRIMARY KEY (device_id, epoch),
+        UNIQUE (device_id, meter_serial)
+    )""",
+    """CREATE TABLE IF NOT EXISTS readings (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        seq INTEGER NOT NULL,
+        meter_epoch INTEGER NOT NULL,
+        meter_serial TEXT NOT NULL,
+        import_wh INTEGER NOT NULL,
+        export_wh INTEGER NOT NULL,
+        time_epoch INTEGER NOT NULL,
+        time_status TEXT NOT NULL,
+        time_trusted INTEGER NOT NULL,
+        raw TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        UNIQUE (device_id, seq)
+    )""",
+    "CREATE INDEX IF NOT EXISTS readings_time ON readings(device_id, time_epoch)",
+    "CREATE INDEX IF NOT EXISTS readings_received ON readings(received_at)",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT,
+        topic TEXT NOT NULL,
+        seq INTEGER,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        sha256 TEXT NOT NULL UNIQUE,
+        count INTEGER NOT NULL DEFAULT 1,
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS quarantine_device ON quarantine(device_id, reason)",
+    """CREATE TABLE IF NOT EXISTS security_events (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        device_id TEXT,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        quarantine_id INTEGER REFERENCES quarantine(id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS sequence_gaps (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        from_seq INTEGER NOT NULL,
+        to_seq INTEGER NOT NULL,
+        detected_at REAL NOT NULL,
+        filled_at REAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS sequence_gaps_open ON sequence_gaps(device_id, filled_at)",
+    """CREATE TABLE IF NOT EXISTS intervals (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        start INTEGER NOT NULL,
+        end INTEGER NOT NULL,
+        import_wh INTEGER NOT NULL,
+        export_wh INTEGER NOT NULL,
+        estimated INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'settled')),
+        settlement_id TEXT,
+        settled_at REAL,
+        computed_at REAL NOT NULL,
+        UNIQUE (device_id, start)
+    )""",
+    "CREATE INDEX IF NOT EXISTS intervals_state ON intervals(state, end)",
+    """CREATE TABLE IF NOT EXISTS interval_adjustments (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        source_start INTEGER NOT NULL,
+        target_start INTEGER,
+        import_wh INTEGER NOT NULL,
+        export_wh INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS interval_adj_src ON interval_adjustments(device_id, source_start)",
+    "CREATE INDEX IF NOT EXISTS interval_adj_dst ON interval_adjustments(device_id, target_start)",
+    """CREATE TABLE IF NOT EXISTS gateway_state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+]
+
+
+class StoreError(ValueError):
+    """A store operation refused for a reason the user can act on."""
+
+
+def init(conn):
+    ensure_schema(conn, "gateway", SCHEMA_VERSION, SCHEMA)
+
+
+def _now():
+    return time.time()
+
+
+def _bump_registry(conn):
+    conn.execute(
+        "INSERT INTO gateway_state(key, value, updated_at) VALUES('registry_version', '1', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER) + 1, updated_at=excluded.updated_at",
+        (_now(),),
+    )
+
+
+def registry_version(conn):
+    row = conn.execute("SELECT value FROM gateway_state WHERE key='registry_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _check_id(device_id):
+    try:
+        from protocol.topics import check_id
+    except ImportError:  # protocol.topics not installed yet: same rule, local copy
+        check_id = None
+    if check_id is not None:
+        return check_id(device_id, "device id")
+    if not device_id or any(c in device_id for c in "/+#\x00 ") or len(device_id) > 64:
+        raise StoreError(f"device id: not a valid id: {device_id!r}")
+    return device_id
+
+
+# ---- devices -----------------------------------------------------------------
+
+def add_device(conn, device_id, pubkey65, meter_serial, account=None, first_seq=None):
+    """Register a device. `pubkey65` is the 65-byte SEC1 point (see protocol.ocmf.load_public_key)."""
+    device_id = _check_id(device_id)
+    if not isinstance(pubkey65, (bytes, bytearray)) or len(pubkey65) != 65 or pubkey65[0] != 4:
+        raise StoreError("public key must be a 65-byte uncompressed P-256 point")
+    meter_serial = str(meter_serial).strip()
+    if not meter_serial:
+        raise StoreError("meter serial must not be empty")
+    if account is not None:
+        from gateway.accounts import normalize_address
+        account = normalize_address(account)
+    if first_seq is not None and (not isinstance(first_seq, int) or first_seq < 0):
+        raise StoreError("first sequence must be a non-negative integer")
+    with transaction(conn):
+        if conn.execute("SELECT 1 FROM devices WHERE id=?", (device_id,)).fetchone():
+            raise StoreError(f"device {device_id} is already registered")
+        other = conn.execute("SELECT id FROM devices WHERE pubkey=?", (pubkey65.hex(),)).fetchone()
+        if other:
+            raise StoreError(f"this public key is already registered for device {other[0]}")
+        now = _now()
+        conn.execute(
+            "INSERT INTO devices(id, pubkey, meter_serial, account, first_seq, created_at) "
+            "VALUES(?, ?, ?, ?, ?, ?)",
+            (device_id, pubkey65.hex(), meter_serial, account, first_seq, now),
+        )
+        conn.execute(
+            "INSERT INTO meters(device_id, epoch, meter_serial, note, registered_at) VALUES(?, 0, ?, 'registered', ?)",
+            (device_id, meter_serial, now),
+        )
+        _bump_registry(conn)
+    return get_device(conn, device_id)
+
+
+def _device_dict(row):
+    d = dict(row)
+    d["revoked"] = bool(d["revoked"])
+    d["status"] = json.loads(d["status"]) if d.get("status") else None
+    return d
+
+
+def get_device(conn, device_id):
+    row = conn.execute("SELECT * FROM devices WHERE id=?", (device_id,)).fetchone()
+    return _device_dict(row) if row else None
+
+
+def require_device(conn, device_id):
+    d = get_device(conn, device_id)
+    if d is None:
+        raise StoreError(f"no device {device_id!r} (see `egs-gw device list`)")
+    return d
+
+
+def list_devices(conn):
+    return [_device_dict(r) for r in conn.execute("SELECT * FROM devices ORDER BY id")]
+
+
+def meters(conn, device_id):
+    return [dict(r) for r in conn.execute(
+        "SELECT epoch, meter_serial, note, registered_at FROM meters WHERE device_id=? ORDER BY epoch",
+        (device_id,))]
+
+
+def revoke_device(conn, device_id, reason=""):
+    with transaction(conn):
+        d = require_device(conn, device_id)
+        if d["revoked"]:
+            raise StoreError(f"device {device_id} is already revoked")
+        conn.execute("UPDATE devices SET revoked=1, revoked_at=?, revoked_reason=? WHERE id=?",
+                     (_now(), reason, device_id))
+        add_event(conn, device_id, "device_revoked", reason or "revoked by technician")
+        _bump_registry(conn)
+    return get_device(conn, device_id)
+
+
+def replace_meter(conn, device_id, new_serial, note=""):
+    """Register a new meter behind a device: its readings start a new baseline."""
+    new_serial = str(new_serial).strip()
+    if not new_serial:
+        raise StoreError("meter serial must not be empty")
+    with transaction(conn):
+        d = require_device(conn, device_id)
+        if d["revoked"]:
+            raise StoreError(f"device {device_id} is revoked")
+        if conn.execute("SELECT 1 FROM meters WHERE device_id=? AND meter_serial=?",
+                        (device_id, new_serial)).fetchone():
+            raise StoreError(f"meter {new_serial} was already installed at device {device_id}; "
+                             "a replacement needs a meter serial not used before")
+        epoch = conn.execute("SELECT MAX(epoch) + 1 FROM meters WHERE device_id=?",
+                             (device_id,)).fetchone()[0]
+        conn.execute(
+            "INSERT INTO meters(device_id, epoch, meter_serial, note, registered_at) VALUES(?, ?, ?, ?, ?)",
+            (device_id, epoch, new_serial, note or "replacement", _now()),
+        )
+        conn.execute("UPDATE devices SET meter_serial=? WHERE id=?", (new_serial, device_id))
+        add_event(conn, device_id, "meter_replaced",
+                  f"meter {d['meter_serial']} replaced by {new_serial} (epoch {epoch})")
+        _bump_registry(conn)
+    return epoch
+
+
+def set_status(conn, device_id, status, at=None):
+    conn.execute("UPDATE devices SET status=?, status_at=? WHERE id=?",
+                 (json.dumps(status, sort_keys=True), at or _now(), device_id))
+
+
+# ---- readings ----------------------------------------------------------------
+
+def readings(conn, device_id=None, since=None, limit=100):
+    """Newest first. `since` filters on the reading's own time (epoch seconds)."""
+    sql = "SELECT * FROM readings WHERE 1=1"
+    args = []
+    if device_id is not None:
+        sql += " AND device_id=?"
+        args.append(device_id)
+    if since is not None:
+        sql += " AND time_epoch >= ?"
+        args.append(int(since))
+    sql += " ORDER BY time_epoch DESC, id DESC LIMIT ?"
+    args.append(int(limit))
+    return [dict(r) for r in conn.execute(sql, args)]
+
+
+def reading(conn, device_id, seq):
+    row = conn.execute("SELECT * FROM readings WHERE device_id=? AND seq=?", (device_id, seq)).fetchone()
+    return dict(row) if row else None
+
+
+def count_readings(conn, device_id=None):
+    if device_id is None:
+        return conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+    return conn.execute("SELECT COUNT(*) FROM readings WHERE device_id=?", (device_id,)).fetchone()[0]
+
+
+# ---- quarantine and events ---------------------------------------------------
+
+def quarantine(conn, topic, raw, reason, detail, device_id=None, seq=None, at=None):
+    """Keep a rejected message once (by SHA-256); returns its id and whether it is new."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
+    digest = hashlib.sha256(bytes(raw)).hexdigest()
+    at = at or _now()
+    row = conn.execute("SELECT id FROM quarantine WHERE sha256=?", (digest,)).fetchone()
+    if row:
+        conn.execute("UPDATE quarantine SET count=count+1, last_at=? WHERE id=?", (at, row[0]))
+        return row[0], False
+    cur = conn.execute(
+        "INSERT INTO quarantine(device_id, topic, seq, reason, detail, raw, sha256, first_at, last_at) "
+        "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (device_id, topic, seq, reason, detail, bytes(raw), digest, at, at),
+    )
+    return cur.lastrowid, True
+
+
+def add_event(conn, device_id, kind, detail, quarantine_id=None, at=None):
+    conn.execute(
+        "INSERT INTO security_events(at, device_id, kind, detail, quarantine_id) VALUES(?, ?, ?, ?, ?)",
+        (at or _now(), device_id, kind, detail, quarantine_id),
+    )
+
+
+def events(conn, device_id=None, limit=100):
+    sql = "SELECT * FROM security_events"
+    args = []
+    if device_id is not None:
+        sql += " WHERE device_id=?"
+        args.append(device_id)
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(int(limit))
+    return [dict(r) for r in conn.execute(sql, args)]
+
+
+def quarantined(conn, device_id=None, limit=100):
+    sql = ("SELECT id, device_id, topic, seq, reason, detail, raw, sha256, count, first_at, last_at "
+           "FROM quarantine")
+    args = []
+    if device_id is not None:
+        sql += " WHERE device_id=?"
+        args.append(device_id)
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(int(limit))
+    out = []
+    for r in conn.execute(sql, args):
+        d = dict(r)
+        raw = bytes(d.pop("raw"))
+        try:
+            d["raw"] = raw.decode("utf-8")
+            d["raw_encoding"] = "utf-8"
+        except UnicodeDecodeError:
+            d["raw"] = raw.hex()
+            d["raw_encoding"] = "hex"
+        out.append(d)
+    return out
+
+
+def gaps(conn, device_id=None, open_only=False):
+    sql = "SELECT * FROM sequence_gaps WHERE 1=1"
+    args = []
+    if device_id is not None:
+        sql += " AND device_id=?"
+        args.append(device_id)
+    if open_only:
+        sql += " AND filled_at IS NULL"
+    return [dict(r) for r in conn.execute(sql + " ORDER BY id", args)]
+
+
+# ---- service state (for `egs-gw status`) -------------------------------------
+
+def put_state(conn, key, value):
+    conn.execute(
+        "INSERT INTO gateway_state(key, value, updated_at) VALUES(?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+        (key, json.dumps(value, sort_keys=True), _now()),
+    )
+
+
+def get_state(conn, key):
+    row = conn.execute("SELECT value, updated_at FROM gateway_state WHERE key=?", (key,)).fetchone()
+    if not row:
+        return None, None
+    return json.loads(row[0]), row[1]
