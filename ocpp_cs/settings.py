@@ -1,0 +1,182 @@
+"""The `[ocpp]` config section and the few parsers its values need.
+
+Amounts are EEA base units (18 decimals). TOML integers stop at 2**63 − 1 (about
+9.2 EEA), so an amount may also be written as a string: "25000000000000000000"
+(base units) or "25 EEA" / "0.30EEA" (decimal EEA). Energy is always integer Wh.
+"""
+from decimal import Decimal, InvalidOperation
+
+from gateway import config as config_mod
+from gateway.config import REQUIRED, ConfigError
+
+EEA_DECIMALS = 18
+
+
+class _AmountMeta(type):
+    """isinstance(value, Amount) holds for the spellings `parse_eea` accepts."""
+
+    def __instancecheck__(cls, value):
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, int):
+            return value >= 0
+        if isinstance(value, str):
+            try:
+                parse_eea(value)
+            except ValueError:
+                return False
+            return True
+        return False
+
+
+class Amount(metaclass=_AmountMeta):
+    """Config field type: a non-negative EEA amount (int base units or a string)."""
+
+
+def parse_eea(value):
+    """'123' → 123 base units; '1.5 EEA' / '1.5EEA' → 1.5·10**18. Never a float."""
+    if isinstance(value, bool):
+        raise ValueError(f"not an EEA amount: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"EEA amount must not be negative: {value}")
+        return value
+    text = str(value).strip().replace("_", "")
+    if text.upper().endswith("EEA"):
+        number = text[:-3].strip()
+        try:
+            d = Decimal(number)
+        except InvalidOperation:
+            raise ValueError(f"not an EEA amount: {value!r}") from None
+        if not d.is_finite():
+            raise ValueError(f"not an EEA amount: {value!r}")
+        units = d.scaleb(EEA_DECIMALS)
+        if units != units.to_integral_value():
+            raise ValueError(f"{value!r} has more than {EEA_DECIMALS} decimals")
+        units = int(units)
+    else:
+        if not text.isdigit():
+            raise ValueError(
+                f"not an EEA amount: {value!r} (base units as digits, or a decimal followed by EEA)")
+        units = int(text)
+    if units < 0:
+        raise ValueError(f"EEA amount must not be negative: {value!r}")
+    return units
+
+
+def format_eea(units):
+    """Base units → '1.5 EEA' for people (exact, trailing zeros dropped)."""
+    units = int(units)
+    sign = "-" if units < 0 else ""
+    whole, frac = divmod(abs(units), 10**EEA_DECIMALS)
+    if frac:
+        return f"{sign}{whole}.{str(frac).rjust(EEA_DECIMALS, '0').rstrip('0')} EEA"
+    return f"{sign}{whole} EEA"
+
+
+def parse_listen(text):
+    """'HOST:PORT' or '[v6]:PORT' → (host, port)."""
+    text = str(text).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"ocpp.listen: expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+config_mod.section("ocpp", {
+    # `egs-gw run` serves OCPP when started with --ocpp HOST:PORT, or when this is true
+    "enabled": (bool, False),
+    # where the central system listens; `egs-gw run --ocpp HOST:PORT` overrides it
+    "listen": (str, "127.0.0.1:9000"),
+    # security profile 2: both set → wss:// (TLS + Basic auth); both empty → profile 1 (ws://)
+    "tls_cert": (str, ""),
+    "tls_key": (str, ""),
+    # unknown charge points: refused (HTTP 404) or accepted as Pending until registered
+    "allow_unknown_pending": (bool, False),
+    # community price of energy, EEA base units per kWh (issue 7 replaces it with a market buy)
+    "price_per_kwh": (Amount, REQUIRED),
+    # an idTag is Accepted only when its account's prepaid EEA balance covers this
+    "min_deposit_eea": (Amount, "1 EEA"),
+    # account that receives the energy payment and whose WATT is burned for the energy delivered
+    "energy_pool": (str, REQUIRED),
+    # vendor suffixes stripped from idTags before lookup, e.g. ["-EMAID", ":0"]
+    "id_tag_suffixes": (list, []),
+    "heartbeat_interval": (int, 300),
+    # seconds a CS → charger call waits for its answer
+    "call_timeout": (int, 30),
+    # a StartTransaction stamped this many seconds in the past was queued offline
+    "offline_after_s": (int, 120),
+    # sanity limits: above them a session is held for review instead of billed
+    "max_session_wh": (int, 250_000),
+    "max_power_w": (int, 400_000),
+    # how often the service looks for CLI commands (ocpp_commands table)
+    "command_poll_s": (float, 0.2),
+})
+
+
+class Settings:
+    """The validated [ocpp] section as attributes (amounts as int base units)."""
+
+    def __init__(self, section, need_settlement=True):
+        self.listen = parse_listen(section["listen"])
+        self.tls_cert = section["tls_cert"]
+        self.tls_key = section["tls_key"]
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("ocpp.tls_cert and ocpp.tls_key: set both (profile 2) or neither")
+        self.allow_unknown_pending = section["allow_unknown_pending"]
+        self.price_per_kwh = self._amount(section, "price_per_kwh", need_settlement)
+        self.min_deposit_eea = self._amount(section, "min_deposit_eea", True)
+        pool = section["energy_pool"]
+        if pool is REQUIRED:
+            if need_settlement:
+                raise ConfigError("ocpp.energy_pool: required (the account paid for energy)")
+            pool = None
+        else:
+            from gateway.accounts import BalanceError, normalize_address
+            try:
+                pool = normalize_address(pool)
+            except BalanceError as e:
+                raise ConfigError(f"ocpp.energy_pool: {e}") from None
+        self.energy_pool = pool
+        suffixes = section["id_tag_suffixes"]
+        if not all(isinstance(s, str) and s for s in suffixes):
+            raise ConfigError("ocpp.id_tag_suffixes: a list of non-empty strings")
+        # longest first so "-EMAID-1" wins over "-1"
+        self.id_tag_suffixes = sorted(suffixes, key=len, reverse=True)
+        for key in ("heartbeat_interval", "call_timeout", "offline_after_s",
+                    "max_session_wh", "max_power_w"):
+            value = section[key]
+            if value <= 0:
+                raise ConfigError(f"ocpp.{key}: must be positive, got {value}")
+            setattr(self, key, value)
+        self.command_poll_s = max(0.02, section["command_poll_s"])
+
+    @staticmethod
+    def _amount(section, key, required):
+        value = section[key]
+        if value is REQUIRED:
+            if required:
+                raise ConfigError(f"ocpp.{key}: required (EEA base units per kWh)")
+            return None
+        try:
+            return parse_eea(value)
+        except ValueError as e:
+            raise ConfigError(f"ocpp.{key}: {e}") from None
+
+    @property
+    def tls(self):
+        return bool(self.tls_cert)
+
+    def ssl_context(self):
+        if not self.tls:
+            return None
+        import ssl
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"ocpp.tls_cert/tls_key: cannot load: {e}") from None
+        return ctx
