@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway import intervals, store
 from gateway.db import transaction
+from protocol import topics
 
 ALGORITHM = "ECDSA-secp256r1-SHA256"
 TRUSTED_TIME = ("S", "I")
@@ -232,15 +233,7 @@ class _Device:
 
 
 def _topic_parts(topic):
-    try:
-        from protocol import topics
-        return topics.parse(topic)
-    except ImportError:
-        pass
-    parts = topic.split("/")
-    if len(parts) != 5 or parts[0] != "egs" or parts[1] != "v1" or not all(parts):
-        raise ValueError(f"not an egs/v1 topic: {topic!r}")
-    return parts[2], parts[3], parts[4]
+    return topics.parse(topic)
 
 
 class IngestCore:

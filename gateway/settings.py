@@ -71,3 +71,50 @@ def host_port(value, what, default_port=1883):
     if not 0 < number < 65536:
         raise ValueError(f"{what}: port out of range in {value!r}")
     return host, number
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def validate(cfg):
+    """Check values (types are checked by gateway.config); errors name the key."""
+    from gateway.config import ConfigError, require
+
+    try:
+        require(cfg, "gateway.community")
+        from protocol.topics import check_id
+        check_id(cfg["gateway"]["community"], "gateway.community")
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"gateway.community: {e}") from None
+    if str(cfg["gateway"]["log_level"]).upper() not in LOG_LEVELS:
+        raise ConfigError(f"gateway.log_level: one of {', '.join(LOG_LEVELS)}, "
+                          f"got {cfg['gateway']['log_level']!r}")
+    for name in cfg["gateway"]["components"]:
+        if not isinstance(name, str):
+            raise ConfigError(f"gateway.components: names must be strings, got {name!r}")
+    try:
+        host_port(cfg["mqtt"]["broker"], "mqtt.broker")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    checks = [
+        ("mqtt.keepalive", cfg["mqtt"]["keepalive"] >= 5, "at least 5 seconds"),
+        ("mqtt.reconnect_max_s", cfg["mqtt"]["reconnect_max_s"] > 0, "positive"),
+        ("ingest.batch_size", 1 <= cfg["ingest"]["batch_size"] <= 100000, "between 1 and 100000"),
+        ("ingest.workers", cfg["ingest"]["workers"] >= -1, "-1 (all cores), 0 (inline) or a count"),
+        ("ingest.pool_min_batch", cfg["ingest"]["pool_min_batch"] >= 1, "at least 1"),
+        ("ingest.max_record_bytes", cfg["ingest"]["max_record_bytes"] >= 512, "at least 512"),
+        ("ingest.max_future_s", cfg["ingest"]["max_future_s"] >= 0, "not negative"),
+        ("ingest.resend_cooldown_s", cfg["ingest"]["resend_cooldown_s"] >= 0, "not negative"),
+        ("intervals.estimate_gap_s", cfg["intervals"]["estimate_gap_s"] > 0, "positive"),
+        ("intervals.grace_s", cfg["intervals"]["grace_s"] >= 0, "not negative"),
+        ("intervals.tick_s", cfg["intervals"]["tick_s"] > 0, "positive"),
+    ]
+    for key, ok, what in checks:
+        if not ok:
+            section, name = key.split(".")
+            raise ConfigError(f"{key}: must be {what}, got {cfg[section][name]!r}")
+    if cfg["mqtt"]["password_file"] and not cfg["mqtt"]["user"]:
+        raise ConfigError("mqtt.user: required when mqtt.password_file is set")
+    return cfg

@@ -85,3 +85,89 @@ def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
 
 def jloads(text):
     return json.loads(text)
+
+
+class Peer:
+    """A real MQTT client (paho, own network thread) for tests: records what it receives."""
+
+    def __init__(self, port, user=None, password=None, client_id=None, clean=True):
+        import queue
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.received = queue.Queue()
+        self.log = []
+        self.connected = threading.Event()
+        self.answered = threading.Event()
+        self.reason = None
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "",
+                             clean_session=clean)
+        if user is not None:
+            self.c.username_pw_set(user, password)
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.max_inflight_messages_set(200)
+        self.port = port
+
+    def _on_connect(self, client, userdata, flags, reason, props):
+        self.reason = reason
+        if not reason.is_failure:
+            self.connected.set()
+        self.answered.set()
+
+    def _on_message(self, client, userdata, msg):
+        item = (msg.topic, bytes(msg.payload))
+        self.log.append(item)
+        self.received.put(item)
+
+    def connect(self, timeout=10):
+        self.c.connect("127.0.0.1", self.port, keepalive=30)
+        self.c.loop_start()
+        self.answered.wait(timeout)
+        return self.connected.is_set()
+
+    def subscribe(self, topic_filter, qos=1):
+        info = []
+        import threading
+        done = threading.Event()
+
+        def on_sub(client, userdata, mid, reasons, props):
+            info.extend(reasons)
+            done.set()
+
+        self.c.on_subscribe = on_sub
+        self.c.subscribe(topic_filter, qos)
+        done.wait(10)
+        return info
+
+    def publish(self, topic_, payload, qos=1, retain=False, wait=True):
+        info = self.c.publish(topic_, payload, qos=qos, retain=retain)
+        if wait and qos:
+            info.wait_for_publish(10)
+        return info
+
+    def get(self, timeout=10):
+        import queue
+        try:
+            return self.received.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self):
+        try:
+            self.c.disconnect()
+        finally:
+            self.c.loop_stop()
+
+
+def secured_broker(tmp_path, conn, db_path, community=COMMUNITY):
+    """`egs-gw broker config` into tmp_path/broker and a real mosquitto on it."""
+    from sim.services import Mosquitto, free_port
+    port = free_port()
+    res = egs_gw("broker", "config", "--db", db_path, "--out", tmp_path / "broker", "--community",
+                 community, "--port", port, "--run-as", "root", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    text = Path(summary["config"]).read_text()
+    return Mosquitto(tmp_path / "broker", port=port, config_text=text), summary
