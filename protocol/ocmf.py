@@ -188,6 +188,9 @@ _GATEWAY = ("Record", "parse", "verify", "load_public_key", "key_fingerprint",
 def __getattr__(name):
     """`from protocol.ocmf import parse` works on CPython (PEP 562) without the device paying."""
     if name in _GATEWAY:
+        import sys
+        if sys.implementation.name == "micropython":
+            raise AttributeError(f"protocol.ocmf.{name} is gateway-side (CPython) only")
         from protocol import ocmf_verify
         return getattr(ocmf_verify, name)
     raise AttributeError(f"module 'protocol.ocmf' has no attribute {name!r}")

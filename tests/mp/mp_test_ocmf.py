@@ -131,3 +131,16 @@ def test_build_payload_rejects_bad_input():
         except (ValueError, TypeError):
             continue
         raise AssertionError(f"accepted {args!r} {extra!r}")
+
+
+def test_gateway_side_stays_off_the_device():
+    import sys
+    try:
+        ocmf.parse  # noqa: B018
+    except AttributeError as exc:
+        assert "CPython" in str(exc)
+    else:
+        raise AssertionError("ocmf.parse resolved under MicroPython")
+    assert "protocol.ocmf_verify" not in sys.modules
+    assert issubclass(ocmf.SignatureMismatch, ocmf.OcmfError)
+    assert issubclass(ocmf.OcmfError, ValueError)
