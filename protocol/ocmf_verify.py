@@ -69,7 +69,14 @@ class Record:
     )
 
     def __repr__(self):
-        return f"<OCMF Record PG={self.pagination} MS={self.meter_serial} import_wh={self.import_wh} export_wh={self.export_wh}>"
+        return (f"<OCMF Record PG={self.pagination} MS={self.meter_serial} "
+                f"import_wh={self.import_wh} export_wh={self.export_wh}>")
+
+
+def _short(value):
+    """repr for an error message, cut so hostile input cannot flood the logs."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _as_text(value, what):
@@ -88,7 +95,7 @@ def _reject_duplicates(pairs):
     for key, value in pairs:
         if key in obj:
             # two verifiers could read different values from one signed text
-            raise JsonError(f"duplicate key {key!r} in JSON object")
+            raise JsonError(f"duplicate key {_short(key)} in JSON object")
         obj[key] = value
     return obj
 
@@ -115,7 +122,7 @@ def _json_error(section, exc):
 def _opt_str(obj, key, where):
     value = obj.get(key)
     if value is not None and not isinstance(value, str):
-        raise StructureError(f"{where} field {key} must be a string, got {value!r}")
+        raise StructureError(f"{where} field {key} must be a string, got {_short(value)}")
     return value
 
 
@@ -129,7 +136,8 @@ def _decode_sd(signature):
     se = _opt_str(signature, "SE", "signature")
     sm = _opt_str(signature, "SM", "signature")
     if sm is not None and sm.lower() != "application/x-der":
-        raise AlgorithmError(f"signature mime type SM={sm!r} is not supported (only application/x-der)")
+        raise AlgorithmError(f"signature mime type SM={_short(sm)} is not supported "
+                             "(only application/x-der)")
     encoding = "hex" if se is None else se.lower()
     try:
         if encoding == "hex":
@@ -137,7 +145,8 @@ def _decode_sd(signature):
         elif encoding == "base64":
             der = base64.b64decode(sd.encode("ascii"), validate=True)
         else:
-            raise AlgorithmError(f"signature encoding SE={se!r} is not supported (hex or base64)")
+            raise AlgorithmError(f"signature encoding SE={_short(se)} is not supported "
+                                 "(hex or base64)")
     except (ValueError, binascii.Error) as exc:
         if isinstance(exc, OcmfError):
             raise
@@ -148,12 +157,12 @@ def _decode_sd(signature):
 def _obis_register(ri):
     """1 (import) or 2 (export) when RI names the total active energy register 1.8.0/2.8.0."""
     import re
-    m = re.fullmatch(r"\s*0*1-(?:\d+|[a-zA-Z]):0*([12])\.0*8\.0+(?:[.*](?:0*255|[fF][fF]))?\s*",
-                     ri)
+    m = re.fullmatch(r" *0*1-(?:\d+|[a-zA-Z]):0*([12])\.0*8\.0+(?:[.*](?:0*255|[fF][fF]))? *",
+                     ri, re.ASCII)
     return int(m.group(1)) if m else None
 
 
-_RV_TEXT = r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*"
+_RV_TEXT = r" *[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)? *"
 
 
 def value_to_wh(rv, ru):
@@ -161,15 +170,15 @@ def value_to_wh(rv, ru):
     import decimal
     import re
     if isinstance(rv, bool) or rv is None:
-        raise StructureError(f"reading value RV {rv!r} is not a number")
+        raise StructureError(f"reading value RV {_short(rv)} is not a number")
     if isinstance(rv, str):
-        if not re.fullmatch(_RV_TEXT, rv):
-            raise StructureError(f"reading value RV {rv!r} is not a number")
+        if not re.fullmatch(_RV_TEXT, rv, re.ASCII):
+            raise StructureError(f"reading value RV {_short(rv)} is not a number")
         rv = decimal.Decimal(rv.strip())
     elif isinstance(rv, int):
         rv = decimal.Decimal(rv)
     elif not isinstance(rv, decimal.Decimal):
-        raise StructureError(f"reading value RV {rv!r} is not a number")
+        raise StructureError(f"reading value RV {_short(rv)} is not a number")
     if not rv.is_finite() or rv.adjusted() > 20:
         raise StructureError(f"reading value RV {rv} is out of range")
     unit = ru.strip().lower() if isinstance(ru, str) else None
@@ -178,7 +187,7 @@ def value_to_wh(rv, ru):
     elif unit == "wh":
         scale = 1
     else:
-        raise StructureError(f"reading unit RU {ru!r} is not an energy unit (kWh or Wh)")
+        raise StructureError(f"reading unit RU {_short(ru)} is not an energy unit (kWh or Wh)")
     if rv.is_signed() and rv != 0:
         raise StructureError(f"energy register RV {rv} is negative")
     with decimal.localcontext() as ctx:
@@ -195,21 +204,21 @@ def _parse_time(tm):
     import datetime
     import re
     m = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[,.](\d{1,9}))?"
-                     r"(Z|[+-]\d{2}:?\d{2})(?: ([A-Z]))?", tm.strip())
+                     r"(Z|[+-]\d{2}:?\d{2})(?: ([A-Z]))?", tm.strip(" "), re.ASCII)
     if not m:
-        raise StructureError(f"reading time TM {tm!r} is not in OCMF format "
+        raise StructureError(f"reading time TM {_short(tm)} is not in OCMF format "
                              "YYYY-MM-DDThh:mm:ss,fff+zzzz S")
     try:
         stamp = datetime.datetime(*(int(m.group(i)) for i in range(1, 7)))
     except ValueError as exc:
-        raise StructureError(f"reading time TM {tm!r} is not a valid date: {exc}") from None
+        raise StructureError(f"reading time TM {_short(tm)} is not a valid date: {exc}") from None
     zone = m.group(8)
     offset = 0
     if zone != "Z":
         digits = zone[1:].replace(":", "")
         hh, mm = int(digits[:2]), int(digits[2:])
         if hh > 23 or mm > 59:
-            raise StructureError(f"reading time TM {tm!r} has an invalid zone offset")
+            raise StructureError(f"reading time TM {_short(tm)} has an invalid zone offset")
         offset = (hh * 3600 + mm * 60) * (-1 if zone[0] == "-" else 1)
     return calendar.timegm(stamp.timetuple()) - offset, m.group(9)
 
@@ -230,7 +239,7 @@ def _readings(payload):
         for key in ("TM", "RI", "RU", "ST", "TX", "EF", "RT"):
             if key in merged and not isinstance(merged[key], str):
                 raise StructureError(
-                    f"reading {i} field {key} must be a string, got {merged[key]!r}")
+                    f"reading {i} field {key} must be a string, got {_short(merged[key])}")
         effective.append(merged)
         previous = merged
     return effective
@@ -319,7 +328,8 @@ def verify(record, public_key):
     """The parsed Record if its signature is valid for public_key; else an OcmfError."""
     rec = parse(record)
     if not _is_p256(rec.algorithm):
-        raise AlgorithmError(f"signature algorithm SA={rec.algorithm!r} is not supported (only {SA_P256})")
+        raise AlgorithmError(f"signature algorithm SA={_short(rec.algorithm)} is not supported "
+                             f"(only {SA_P256})")
     pub = load_public_key(public_key)
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
@@ -328,7 +338,8 @@ def verify(record, public_key):
     try:
         key.verify(rec.signature_der, rec.payload_bytes, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        raise SignatureMismatch(f"signature does not match the payload under key {key_fingerprint(pub)} (PG {rec.pagination})") from None
+        raise SignatureMismatch("signature does not match the payload under key "
+                                f"{key_fingerprint(pub)} (PG {_short(rec.pagination)})") from None
     return rec
 
 
@@ -483,7 +494,7 @@ def _unwrap(text, depth, want_key):
             raise StructureError("OCPP signed-data JSON has no signedMeterData")
         method = obj.get("encodingMethod")
         if method is not None and (not isinstance(method, str) or method.upper() != "OCMF"):
-            raise StructureError(f"OCPP signed data encodingMethod is {method!r}, not OCMF")
+            raise StructureError(f"OCPP signed data encodingMethod is {_short(method)}, not OCMF")
         inner = obj["signedMeterData"]
         if not isinstance(inner, str):
             raise StructureError("OCPP signedMeterData must be a string")

@@ -177,7 +177,8 @@ with open(INPUT) as f:
 secret = bytes.fromhex(cases["secret"])
 with open(OUTPUT, "wb") as out:
     for c in cases["cases"]:
-        out.write(ocmf.build(secret, c["seq"], c["imp"], c["exp"], c["epoch"], **c["meta"]).encode())
+        rec = ocmf.build(secret, c["seq"], c["imp"], c["exp"], c["epoch"], **c["meta"])
+        out.write(rec.encode())
         out.write(b"\\n")
 print("built", len(cases["cases"]))
 """
@@ -555,6 +556,10 @@ _GOOD = payload_with([{"TM": "2024-01-01T00:00:00,000+0000 S", "RV": 1, "RI": "1
      ocmf.StructureError, "not a number"),
     ('OCMF|{"RD":[{"RI":"1-0:1.8.0","RV":"1_000","RU":"Wh"}]}|{"SD":"3006020101020101"}',
      ocmf.StructureError, "not a number"),
+    ('OCMF|{"RD":[{"RI":"1-0:1.8.0","RV":"\uff11\uff12","RU":"Wh"}]}|{"SD":"3006020101020101"}',
+     ocmf.StructureError, "not a number"),
+    ('OCMF|{"RD":[{"TM":"\uff12024-01-01T00:00:00,000+0000 S"}]}|{"SD":"3006020101020101"}',
+     ocmf.StructureError, "TM"),
     ('OCMF|{"RD":[{"RI":"1-0:1.8.0","RV":true,"RU":"Wh"}]}|{"SD":"3006020101020101"}',
      ocmf.StructureError, "not a number"),
     ('OCMF|{"RD":[{"RI":"1-0:1.8.0","RU":"Wh"}]}|{"SD":"3006020101020101"}',
