@@ -143,7 +143,7 @@ _TY = None
 def _comb_table():
     """Entry i = sum of 2^(64 j) G over the bits j set in i, in affine form."""
     global _TX, _TY
-    if _TX is None:
+    if _TX is None or _TY is None:
         base = [(GX, GY, 1)]
         for _ in range(3):
             X, Y, Z = base[-1]
@@ -304,6 +304,7 @@ def sign(secret, message):
             if s:
                 body = _der_int(r) + _der_int(s)
                 return b"\x30" + bytes([len(body)]) + body
+    raise AssertionError("unreachable: _nonces() never ends")
 
 
 def _der_parse_int(sig, i):
