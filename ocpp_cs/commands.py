@@ -10,7 +10,7 @@ later by surprise.
 """
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 from rich.console import Console
@@ -38,7 +38,7 @@ def _settings(app, need_settlement=False):
 def _when(epoch):
     if epoch is None:
         return ""
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _table(title, columns, rows):
@@ -61,7 +61,7 @@ def _load_meter_key(text):
 
 
 def _charger_dict(conn, row):
-    d = {k: row[k] for k in row.keys() if k != "password_hash"}
+    d = {k: row[k] for k in row.keys() if k != "password_hash"}  # noqa: SIM118 (sqlite3.Row)
     d["announced_keys"] = json.loads(row["announced_keys"])
     d["has_password"] = bool(row["password_hash"])
     d["connectors"] = [dict(c) for c in store.connectors(conn, row["id"])]
@@ -247,7 +247,7 @@ def charger_availability(app, charger_id, timeout, connector, kind):
 
 @_charger_command("clear-cache", "ClearCache: drop the charger's authorization cache.")
 def charger_clear_cache(app, charger_id, timeout):
-    _command("ClearCache", lambda: {})(app, charger_id, timeout)
+    _command("ClearCache", dict)(app, charger_id, timeout)
 
 
 @_charger_command("trigger", "TriggerMessage: ask for a BootNotification, Heartbeat, "

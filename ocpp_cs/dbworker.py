@@ -11,6 +11,7 @@ the disk is busy.
 """
 import asyncio
 import queue
+import sqlite3
 import threading
 
 from gateway import db as db_mod
@@ -65,7 +66,7 @@ class DBWorker:
             conn = db_mod.connect(self.path)
             if self._init is not None:
                 self._init(conn)
-        except Exception as e:  # reported to start()
+        except Exception as e:  # noqa: BLE001 — reported to start()
             self._error = e
             self._ready.set()
             return
@@ -88,7 +89,7 @@ class DBWorker:
             outcomes = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except Exception as e:
+            except sqlite3.Error as e:
                 for fn, args, kwargs, fut, loop in batch:
                     loop.call_soon_threadsafe(self._resolve, fut, None, e)
                 continue
@@ -98,7 +99,7 @@ class DBWorker:
                     result = fn(conn, *args, **kwargs)
                     conn.execute("RELEASE op")
                     outcomes.append((fut, loop, result, None))
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 — the caller's exception, delivered to it
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     outcomes.append((fut, loop, None, e))
@@ -106,11 +107,9 @@ class DBWorker:
                 conn.execute("COMMIT")
                 self.commits += 1
                 self.operations += len(batch)
-            except Exception as e:
-                try:
+            except sqlite3.Error as e:
+                if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                except Exception:
-                    pass
                 outcomes = [(fut, loop, None, e) for fut, loop, _, _ in outcomes]
             for fut, loop, result, error in outcomes:
                 try:

@@ -44,7 +44,6 @@ from ocpp.charge_point import (
 from ocpp.exceptions import (
     FormationViolationError,
     InternalError,
-    NotImplementedError as OcppNotImplemented,
     NotSupportedError,
     OccurenceConstraintViolationError,
     OCPPError,
@@ -52,6 +51,9 @@ from ocpp.exceptions import (
     ProtocolError,
     SecurityError,
     TypeConstraintViolationError,
+)
+from ocpp.exceptions import (
+    NotImplementedError as OcppNotImplemented,
 )
 from ocpp.messages import CallError, CallResult, get_validator
 from ocpp.routing import on
@@ -414,7 +416,7 @@ class CentralSystem:
         try:
             result = await self.call(row["charger_id"], row["action"], json.loads(row["payload"]))
             await self.db.run(store.finish_command, row["id"], result=result)
-        except Exception as e:  # every failure is the command's answer, never the loop's end
+        except Exception as e:  # noqa: BLE001 — any failure is the command's answer
             if isinstance(e, OCPPError):
                 message = f"{e.code}: {e.description}"
             elif isinstance(e, (asyncio.TimeoutError, TimeoutError)):

@@ -18,7 +18,7 @@ more than SQLite's 2**63 − 1 base units (9.2 EEA). Energy is integer Wh.
 import json
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from eth_utils import keccak
@@ -154,7 +154,7 @@ def now():
 
 
 def iso(epoch):
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def parse_time(text):
@@ -166,7 +166,7 @@ def parse_time(text):
     except ValueError:
         raise StoreError(f"not an RFC 3339 timestamp: {text!r}") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -432,21 +432,28 @@ def energy_wh_of(sampled):
 
 
 def _verify_signed(value, meter_key, ocmf):
-    """→ (state, detail, record or None). state: verified | invalid | unverifiable."""
+    """→ (state, detail, record or None). state: verified | invalid | unverifiable.
+
+    Only the charger's registered meter key counts; a key sent inside the value
+    (OCA wrapper) is a claim, and one that differs is noted in the detail.
+    """
     try:
-        text = ocmf.decode_ocpp_signed_data(value)
+        text, claimed = ocmf.decode_ocpp_signed_data_full(value)
     except ValueError as e:
         return "invalid", f"undecodable SignedData: {e}", None
+    note = ""
+    if claimed is not None and (not meter_key or claimed.hex() != meter_key.lower()):
+        note = "; key sent with the value is not the registered one"
     if not meter_key:
         try:
-            return "unverifiable", "charger has no registered meter key", ocmf.parse(text)
+            return "unverifiable", "charger has no registered meter key" + note, ocmf.parse(text)
         except ValueError as e:
             return "invalid", f"{type(e).__name__}: {e}", None
     try:
         record = ocmf.verify(text, bytes.fromhex(meter_key))
     except ValueError as e:
-        return "invalid", f"{type(e).__name__}: {e}", None
-    return "verified", "", record
+        return "invalid", f"{type(e).__name__}: {e}" + note, None
+    return "verified", note.lstrip("; "), record
 
 
 def record_meter_values(conn, charger_id, connector_id, transaction_id, meter_value, source):

@@ -30,14 +30,13 @@ import logging
 import random
 import ssl as ssl_mod
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 from ocpp.exceptions import OCPPError
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as V16ChargePoint
-from ocpp.v16 import call
-from ocpp.v16 import call_result
+from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -46,7 +45,7 @@ log = logging.getLogger("sim.charger")
 
 
 def iso(epoch):
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class EV:
@@ -54,8 +53,8 @@ class EV:
 
     def __init__(self, battery_kwh=60, max_kw=11, arrival_soc=0.2, id_tag="EV-0001",
                  target_soc=1.0):
-        self.battery_wh = int(round(battery_kwh * 1000))
-        self.max_w = int(round(max_kw * 1000))
+        self.battery_wh = round(battery_kwh * 1000)
+        self.max_w = round(max_kw * 1000)
         self.soc_wh = int(self.battery_wh * arrival_soc)
         self.target_wh = int(self.battery_wh * target_soc)
         self.id_tag = id_tag
@@ -318,10 +317,18 @@ class SimChargePoint:
         record = ocmf.build(self.meter_secret, self.seq, connector.register_wh, 0, int(self.now()),
                             gi="EGS-SIM", gs=self.serial, gv="0.1", mv="EGS", mm="SIM-METER",
                             ms=f"{self.serial}-{connector.id}")
-        if self.signed_encoding == "hex":
+        if self.signed_encoding == "hex":      # OCPP 1.5 style: the record as hex
             return record.encode().hex()
-        if self.signed_encoding == "base64":
-            return base64.b64encode(record.encode()).decode()
+        if self.signed_encoding == "oca":      # OCA application note JSON wrapper
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            der = ec.EllipticCurvePublicKey.from_encoded_point(
+                ec.SECP256R1(), self.meter_public_key).public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            return json.dumps({
+                "signedMeterData": base64.b64encode(record.encode()).decode(),
+                "signingMethod": "ECDSA-secp256r1-SHA256", "encodingMethod": "OCMF",
+                "publicKey": base64.b64encode(f"oca:base16:asn1:{der.hex()}".encode()).decode()})
         return record
 
     def sampled(self, connector, context):
@@ -398,7 +405,7 @@ class SimChargePoint:
                 ws = await connect(f"{self.url}/{self.id}", subprotocols=["ocpp1.6"],
                                    additional_headers=self._headers(), ssl=self.ssl,
                                    open_timeout=10, compression=None, ping_interval=None)
-            except (OSError, InvalidHandshake, asyncio.TimeoutError, TimeoutError) as e:
+            except (OSError, InvalidHandshake, TimeoutError) as e:
                 self.last_error = e
                 log.info("%s: connect failed (%s), retry in %.1f s", self.id, e, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
@@ -417,7 +424,7 @@ class SimChargePoint:
                 if self.heartbeat_enabled:
                     helpers.append(asyncio.create_task(self._heartbeats()))
                 await reader
-            except (ConnectionClosed, asyncio.TimeoutError, TimeoutError, OCPPError) as e:
+            except (ConnectionClosed, TimeoutError, OCPPError) as e:
                 self.last_error = e
             finally:
                 self.connected.clear()
@@ -498,10 +505,14 @@ class SimChargePoint:
     async def set_status(self, connector_id, status, error_code="NoError"):
         if connector_id:
             self.connectors[connector_id].status = status
-        if self.online:
+        if not self.online:
+            return  # a status is not a transaction message: the next boot reports it
+        try:
             await self._call(call.StatusNotification(connector_id=connector_id,
                                                      error_code=error_code, status=status,
                                                      timestamp=iso(self.now())))
+        except (ConnectionError, ConnectionClosed, TimeoutError) as e:
+            log.info("%s: StatusNotification lost with the connection: %s", self.id, e)
 
     async def authorize(self, id_tag):
         res = await self._call(call.Authorize(id_tag=id_tag))
@@ -693,6 +704,8 @@ def _ssl_context(url, cafile, insecure):
 @click.option("--password", default=None, help="Basic auth password (security profile 1/2).")
 @click.option("--connectors", default=2, show_default=True, type=click.IntRange(1, 16))
 @click.option("--sign-meter-values", is_flag=True, help="Send OCMF-signed meter values.")
+@click.option("--signed-encoding", type=click.Choice(["plain", "hex", "oca"]), default="plain",
+              show_default=True, help="How SignedData values carry the OCMF record.")
 @click.option("--meter-key-file", type=click.Path(dir_okay=False), default=None,
               help="Hex P-256 meter secret (created if missing); prints the public key.")
 @click.option("--id-tag", "id_tags", multiple=True, default=("EV-0001",), show_default=True,
@@ -709,7 +722,8 @@ def _ssl_context(url, cafile, insecure):
 @click.option("--insecure", is_flag=True, help="wss:// without certificate verification.")
 @click.option("--seed", type=int, default=None)
 @click.option("-v", "--verbose", is_flag=True)
-def command(url, charger_id, password, connectors, sign_meter_values, meter_key_file, id_tags,
+def command(url, charger_id, password, connectors, sign_meter_values, signed_encoding,
+            meter_key_file, id_tags,
             speed, meter_interval, ev_every, duration, cafile, insecure, seed, verbose):
     """An OCPP 1.6J charge point with EVs arriving, charging and leaving."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -720,6 +734,7 @@ def command(url, charger_id, password, connectors, sign_meter_values, meter_key_
     secret = None
     if meter_key_file:
         from pathlib import Path
+
         from protocol import p256
         p = Path(meter_key_file)
         if p.exists():
@@ -736,7 +751,7 @@ def command(url, charger_id, password, connectors, sign_meter_values, meter_key_
     async def main():
         cp = SimChargePoint(url, charger_id, password=password, connectors=connectors,
                             sign=sign_meter_values, meter_secret=secret,
-                            ssl=_ssl_context(url, cafile, insecure))
+                            signed_encoding=signed_encoding, ssl=_ssl_context(url, cafile, insecure))
         if cp.meter_public_key is not None:
             click.echo(f"meter public key: {cp.meter_public_key.hex()}")
         await cp.start()
@@ -748,7 +763,7 @@ def command(url, charger_id, password, connectors, sign_meter_values, meter_key_
                 await asyncio.wait_for(asyncio.shield(runner), duration)
             else:
                 await runner
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             runner.cancel()

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.ocpp_fixtures import EV_ADDR, DEPOSIT, central, db, now_iso, raw_client, run, seed
+from tests.ocpp_fixtures import DEPOSIT, EV_ADDR, central, db, now_iso, raw_client, run, seed
 
 CASES = [
     # (frame as sent, expected uniqueId in the answer, expected error code)
@@ -14,7 +14,7 @@ CASES = [
     ('[2, "a2", "Heartbeat"]', "a2", "FormationViolation"),               # payload missing
     ('[2, "a3", "Heartbeat", {}, "extra"]', "a3", "FormationViolation"),
     ('[2, 17, "Heartbeat", {}]', "-1", "FormationViolation"),              # uniqueId a number
-    ('[2, "' + "u" * 37 + '", "Heartbeat", {}]', "u" * 37, "FormationViolation"),
+    (f'[2, "{"u" * 37}", "Heartbeat", {{}}]', "u" * 37, "FormationViolation"),
     ('[2, "a4", "Heartbeat", []]', "a4", "FormationViolation"),           # payload an array
     ('[2, "a5", 42, {}]', "a5", "FormationViolation"),                     # action a number
     ('["2", "a6", "Heartbeat", {}]', "a6", "TypeConstraintViolation"),    # type id a string
@@ -24,12 +24,12 @@ CASES = [
     ('[2, "b1", "Authorize", {}]', "b1", "ProtocolError"),                # required missing
     ('[2, "b2", "Authorize", {"idTag": 5}]', "b2", "TypeConstraintViolation"),
     ('[2, "b3", "Authorize", {"idTag": "T", "x": 1}]', "b3", "FormationViolation"),
-    ('[2, "b4", "StatusNotification", {"connectorId": 1, "errorCode": "Oops", '
-     '"status": "Available"}]', "b4", "PropertyConstraintViolation"),
+    (('[2, "b4", "StatusNotification", {"connectorId": 1, "errorCode": "Oops", '
+      '"status": "Available"}]'), "b4", "PropertyConstraintViolation"),
     ('[2, "b5", "MeterValues", {"connectorId": 1, "meterValue": []}]', "b5",
      "OccurenceConstraintViolation"),
-    ('[2, "b6", "StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 1.5, '
-     '"timestamp": "2026-01-01T00:00:00Z"}]', "b6", "TypeConstraintViolation"),
+    (('[2, "b6", "StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 1.5, '
+      '"timestamp": "2026-01-01T00:00:00Z"}]'), "b6", "TypeConstraintViolation"),
 ]
 
 
@@ -38,15 +38,14 @@ def test_malformed_frames_get_callerror_and_connection_survives(tmp_path, group)
     seed(tmp_path / "g.db", chargers=[("CP1", {})])
 
     async def go():
-        async with central(tmp_path / "g.db") as cs:
-            async with raw_client(cs) as c:
-                for text, uid, code in group:
-                    answer = await c.send_raw(text)
-                    assert answer[0] == 4, (text, answer)
-                    assert (answer[1], answer[2]) == (uid, code), (text, answer)
-                    assert isinstance(answer[3], str) and isinstance(answer[4], dict)
-                    # the same connection still works after each bad frame
-                    assert (await c.ok("Heartbeat", {}))["currentTime"]
+        async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
+            for text, uid, code in group:
+                answer = await c.send_raw(text)
+                assert answer[0] == 4, (text, answer)
+                assert (answer[1], answer[2]) == (uid, code), (text, answer)
+                assert isinstance(answer[3], str) and isinstance(answer[4], dict)
+                # the same connection still works after each bad frame
+                assert (await c.ok("Heartbeat", {}))["currentTime"]
     run(go())
 
 
@@ -54,24 +53,23 @@ def test_binary_frames_stray_results_and_hostile_sizes(tmp_path):
     seed(tmp_path / "g.db", chargers=[("CP1", {})], tags=[("T1", EV_ADDR, DEPOSIT)])
 
     async def go():
-        async with central(tmp_path / "g.db") as cs:
-            async with raw_client(cs) as c:
-                await c.ws.send(b'[2,"z1","Heartbeat",{}]')
-                answer = json.loads(await c.ws.recv())
-                assert answer[:3] == [4, "-1", "FormationViolation"]
-                # a CALLRESULT / CALLERROR nobody asked for: dropped, nothing answered
-                await c.ws.send('[3, "nobody-asked", {}]')
-                await c.ws.send('[4, "nobody-asked", "GenericError", "", {}]')
-                assert (await c.ok("Heartbeat", {}))["currentTime"]
-                # deeply nested junk inside a valid action is a schema error, not a crash
-                deep = {"idTag": "T1", "junk": [[[[[[[["x"]]]]]]]]}
-                assert (await c.error("Authorize", deep)) == "FormationViolation"
-                # NUL bytes and unicode in an idTag are just an unknown idTag
-                res = await c.ok("Authorize", {"idTag": "\u0000\u202eevil"})
-                assert res["idTagInfo"]["status"] == "Invalid"
-                # a start the CS can still store after all of that
-                res = await c.ok("StartTransaction", {"connectorId": 1, "idTag": "T1",
-                                                      "meterStart": 0, "timestamp": now_iso()})
-                assert res["idTagInfo"]["status"] == "Accepted"
+        async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
+            await c.ws.send(b'[2,"z1","Heartbeat",{}]')
+            answer = json.loads(await c.ws.recv())
+            assert answer[:3] == [4, "-1", "FormationViolation"]
+            # a CALLRESULT / CALLERROR nobody asked for: dropped, nothing answered
+            await c.ws.send('[3, "nobody-asked", {}]')
+            await c.ws.send('[4, "nobody-asked", "GenericError", "", {}]')
+            assert (await c.ok("Heartbeat", {}))["currentTime"]
+            # deeply nested junk inside a valid action is a schema error, not a crash
+            deep = {"idTag": "T1", "junk": [[[[[[[["x"]]]]]]]]}
+            assert (await c.error("Authorize", deep)) == "FormationViolation"
+            # NUL bytes and unicode in an idTag are just an unknown idTag
+            res = await c.ok("Authorize", {"idTag": "\u0000\u202eevil"})
+            assert res["idTagInfo"]["status"] == "Invalid"
+            # a start the CS can still store after all of that
+            res = await c.ok("StartTransaction", {"connectorId": 1, "idTag": "T1",
+                                                  "meterStart": 0, "timestamp": now_iso()})
+            assert res["idTagInfo"]["status"] == "Accepted"
     run(go())
     assert db(tmp_path / "g.db").execute("SELECT COUNT(*) FROM ocpp_transactions").fetchone()[0] == 1

@@ -15,7 +15,14 @@ from gateway.db import transaction
 from ocpp_cs import auth, store
 from sim.charger import SimChargePoint
 from tests.ocpp_fixtures import (
-    FAST, PASSWORD, basic, central, db, raw_client, run, seed,
+    FAST,
+    PASSWORD,
+    basic,
+    central,
+    db,
+    raw_client,
+    run,
+    seed,
 )
 
 
@@ -105,25 +112,24 @@ def test_reconnect_replaces_and_closes_old_connection(tmp_path):
     seed(tmp_path / "g.db", chargers=[("CP1", {})])
 
     async def go():
-        async with central(tmp_path / "g.db") as cs:
-            async with raw_client(cs) as old:
-                assert (await old.ok("Heartbeat", {}))["currentTime"]
-                first = cs.connections["CP1"]
-                async with raw_client(cs) as new:
-                    with pytest.raises(ConnectionClosed) as closed:
-                        await asyncio.wait_for(old.ws.recv(), 10)
-                    assert closed.value.rcvd.reason == "replaced by a new connection"
-                    assert cs.connections["CP1"] is not first
-                    assert (await new.ok("Heartbeat", {}))["currentTime"]
-                await asyncio.sleep(0.1)
-                assert "CP1" not in cs.connections   # the new one left; the old never returns
+        async with central(tmp_path / "g.db") as cs, raw_client(cs) as old:
+            assert (await old.ok("Heartbeat", {}))["currentTime"]
+            first = cs.connections["CP1"]
+            async with raw_client(cs) as new:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(old.ws.recv(), 10)
+                assert closed.value.rcvd.reason == "replaced by a new connection"
+                assert cs.connections["CP1"] is not first
+                assert (await new.ok("Heartbeat", {}))["currentTime"]
+            await asyncio.sleep(0.1)
+            assert "CP1" not in cs.connections   # the new one left; the old never returns
     run(go())
 
 
 def _cert(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))

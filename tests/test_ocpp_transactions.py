@@ -5,8 +5,21 @@ import json
 from gateway.ledger import outbox
 from sim.charger import EV, SimChargePoint
 from tests.ocpp_fixtures import (
-    DEPOSIT, EV_ADDR, FEE, OWNER, PASSWORD, POOL, PRICE, central, db, eea, now_iso, raw_client,
-    run, seed, watt,
+    DEPOSIT,
+    EV_ADDR,
+    FEE,
+    OWNER,
+    PASSWORD,
+    POOL,
+    PRICE,
+    central,
+    db,
+    eea,
+    now_iso,
+    raw_client,
+    run,
+    seed,
+    watt,
 )
 
 
@@ -169,17 +182,16 @@ def _session(tmp_path, meter_start, meter_stop, values=(), start_offset=-3600, *
     seed(tmp_path / "g.db", chargers=[("CP1", {})], tags=[("TAG1", EV_ADDR, 5 * DEPOSIT)])
 
     async def go():
-        async with central(tmp_path / "g.db", **over) as cs:
-            async with raw_client(cs) as c:
-                tx = (await c.ok("StartTransaction", {
-                    "connectorId": 1, "idTag": "TAG1", "meterStart": meter_start,
-                    "timestamp": now_iso(start_offset)}))["transactionId"]
-                for sv in values:
-                    await c.ok("MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [
-                        {"timestamp": now_iso(-60), "sampledValue": [sv]}]})
-                await c.ok("StopTransaction", {"transactionId": tx, "meterStop": meter_stop,
-                                               "timestamp": now_iso()})
-                return tx
+        async with central(tmp_path / "g.db", **over) as cs, raw_client(cs) as c:
+            tx = (await c.ok("StartTransaction", {
+                "connectorId": 1, "idTag": "TAG1", "meterStart": meter_start,
+                "timestamp": now_iso(start_offset)}))["transactionId"]
+            for sv in values:
+                await c.ok("MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [
+                    {"timestamp": now_iso(-60), "sampledValue": [sv]}]})
+            await c.ok("StopTransaction", {"transactionId": tx, "meterStop": meter_stop,
+                                           "timestamp": now_iso()})
+            return tx
     tx = run(go())
     return db(tmp_path / "g.db").execute("SELECT * FROM ocpp_transactions WHERE id=?",
                                          (tx,)).fetchone()
@@ -217,14 +229,13 @@ def test_insufficient_balance_at_stop_is_held_not_overdrawn(tmp_path):
     seed(tmp_path / "g.db", chargers=[("CP1", {})], tags=[("TAG1", EV_ADDR, DEPOSIT)])
 
     async def go():
-        async with central(tmp_path / "g.db") as cs:
-            async with raw_client(cs) as c:
-                tx = (await c.ok("StartTransaction", {
-                    "connectorId": 1, "idTag": "TAG1", "meterStart": 0,
-                    "timestamp": now_iso(-7200)}))["transactionId"]
-                await c.ok("StopTransaction", {"transactionId": tx, "meterStop": 40_000,
-                                               "timestamp": now_iso()})
-                return tx
+        async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
+            tx = (await c.ok("StartTransaction", {
+                "connectorId": 1, "idTag": "TAG1", "meterStart": 0,
+                "timestamp": now_iso(-7200)}))["transactionId"]
+            await c.ok("StopTransaction", {"transactionId": tx, "meterStop": 40_000,
+                                           "timestamp": now_iso()})
+            return tx
     tx_id = run(go())
     conn = db(tmp_path / "g.db")
     tx = conn.execute("SELECT * FROM ocpp_transactions WHERE id=?", (tx_id,)).fetchone()
