@@ -71,23 +71,24 @@ class GateError(RuntimeError):
 
 # ------------------------------------------------------------------ module sets
 
-def _rel(path):
-    return Path(path).resolve().relative_to(ROOT).as_posix()
+def _rel(path, root=None):
+    return Path(path).resolve().relative_to(ROOT if root is None else root).as_posix()
 
 
 def _is_unix_hal(rel):
     return rel.startswith("firmware/hal/unix")
 
 
-def device_modules(port="esp32"):
+def device_modules(port="esp32", root=None):
     """Repository-relative paths of the .py files that run on the device, sorted.
 
     port "esp32": firmware/ without the unix HAL, plus the device side of protocol/.
     port "unix": the same with the unix HAL instead of the ESP32 HAL modules.
     """
+    root = Path(ROOT if root is None else root).resolve()
     found = []
-    for path in sorted((ROOT / "firmware").rglob("*.py")):
-        rel = _rel(path)
+    for path in sorted((root / "firmware").rglob("*.py")):
+        rel = _rel(path, root)
         if "__pycache__" in rel:
             continue
         if port == "esp32" and _is_unix_hal(rel):
@@ -95,7 +96,7 @@ def device_modules(port="esp32"):
         if port == "unix" and rel.startswith("firmware/hal/esp32"):
             continue
         found.append(rel)
-    found += [p for p in PROTOCOL_DEVICE if (ROOT / p).exists()]
+    found += [p for p in PROTOCOL_DEVICE if (root / p).exists()]
     return sorted(found)
 
 
