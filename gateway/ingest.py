@@ -144,7 +144,7 @@ def _general_parse(raw):
 
 
 def verify_one(raw, pub65):
-    """("ok", seq, import_wh, export_wh, time_epoch, time_status, meter_serial)
+    """("ok", seq, import_wh, export_wh, time_epoch, time_status, meter_serial, payload_bytes)
     or ("reject", reason, detail, seq_or_None)."""
     f = fast_parse(raw)
     if f is not None:
@@ -172,7 +172,7 @@ def verify_one(raw, pub65):
         problems.append("meter serial (MS) missing")
     if problems:
         return ("reject", "malformed", "; ".join(problems), seq)
-    return ("ok", seq, imp, exp, t, str(tstatus or "U"), str(serial))
+    return ("ok", seq, imp, exp, t, str(tstatus or "U"), str(serial), payload)
 
 
 def verify_batch(items):
@@ -370,7 +370,7 @@ class IngestCore:
         return prev, nxt
 
     def _accept(self, m, res, out, touched, now):
-        _, seq, imp, exp, t, tstatus, serial = res
+        _, seq, imp, exp, t, tstatus, serial, payload = res
         d = self.devices[m.device]
         raw = m.payload.decode("utf-8")
         # 4. sequence: duplicate or reuse
@@ -378,7 +378,7 @@ class IngestCore:
             row = self._stored(d.id, seq)
             if row is not None:
                 touched.setdefault(d.id, None)
-                if row[0] == raw:
+                if row[0] == raw or _payload_of(row[0]) == payload:   # same signed statement
                     out.duplicates += 1
                     return
                 return self._reject(m, out, "sequence_reused",
@@ -498,6 +498,13 @@ class IngestCore:
 
     def verify_inline(self, work):
         return {id(m): r for (m, _), r in zip(work, verify_batch([(m.payload, pub) for m, pub in work]))}
+
+
+def _payload_of(raw):
+    f = fast_parse(raw)
+    if f is None:
+        f = _general_parse(raw)
+    return f[0]
 
 
 def _register_problem(prev, cur, nxt):

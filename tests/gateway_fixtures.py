@@ -171,3 +171,91 @@ def secured_broker(tmp_path, conn, db_path, community=COMMUNITY):
     summary = json.loads(res.stdout)
     text = Path(summary["config"]).read_text()
     return Mosquitto(tmp_path / "broker", port=port, config_text=text), summary
+
+
+class ReplayingDevice(Peer):
+    """Publishes signed records like the firmware: keeps each until the gateway's ack
+    covers it, and replays from N on {"cmd":"resend","from":N}."""
+
+    def __init__(self, port, signer, password, community=COMMUNITY):
+        import threading
+        super().__init__(port, signer.id, password, client_id=f"fw-{signer.id}")
+        self.signer = signer
+        self.community = community
+        self.pending = {}          # seq -> record
+        self.acks = []             # every ack value received, in order
+        self.resends = []
+        self.lock = threading.Lock()
+
+    def _on_message(self, client, userdata, msg):
+        super()._on_message(client, userdata, msg)
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            return
+        kind = msg.topic.rsplit("/", 1)[1]
+        if kind == "ack" and isinstance(body.get("seq"), int):
+            with self.lock:
+                self.acks.append(body["seq"])
+                for s in [s for s in self.pending if s <= body["seq"]]:
+                    del self.pending[s]
+        elif kind == "cmd" and body.get("cmd") == "resend":
+            self.resends.append(body["from"])
+            with self.lock:
+                replay = sorted((s, r) for s, r in self.pending.items() if s >= body["from"])
+            for _, rec in replay:
+                self.c.publish(topic(self.signer.id, "ocmf", self.community), rec, qos=1)
+
+    def start(self):
+        assert self.connect()
+        self.subscribe(topic(self.signer.id, "ack", self.community))
+        self.subscribe(topic(self.signer.id, "cmd", self.community))
+        return self
+
+    def send(self, seq, record):
+        with self.lock:
+            self.pending[seq] = record
+        self.c.publish(topic(self.signer.id, "ocmf", self.community), record, qos=1)
+
+    @property
+    def max_ack(self):
+        with self.lock:
+            return max(self.acks, default=None)
+
+
+def gateway_config(tmp_path, port, password_file, community=COMMUNITY, **sections):
+    """A gateway.toml for tests: no plug-in components, fast interval ticks."""
+    body = {
+        "gateway": {"community": community, "components": []},
+        "mqtt": {"broker": f"127.0.0.1:{port}", "user": "egs-gateway", "password_file": str(password_file)},
+        "intervals": {"tick_s": 0.3},
+    }
+    for name, values in sections.items():
+        body.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in body.items():
+        lines.append(f"[{name}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+    path = tmp_path / "gateway.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_gateway(tmp_path, config_path, db_path, name="gw"):
+    """`egs-gw run` as a real process (own process group); waits until it is connected."""
+    from gateway import db as db_mod
+    from sim.services import Service
+    svc = Service([sys.executable, "-m", "gateway.cli", "run", "--config", config_path, "--db", db_path],
+                  log_path=tmp_path / f"{name}.log").start()
+    conn = db_mod.connect(db_path)
+    try:
+        def up():
+            if not svc.alive:
+                raise AssertionError("gateway exited: " + (tmp_path / f"{name}.log").read_text()[-2000:])
+            v, _ = store.get_state(conn, "service")
+            return v is not None and v.get("pid") == svc.proc.pid and v.get("connected")
+        wait_for(up, timeout=30, what="the gateway to connect")
+    finally:
+        conn.close()
+    return svc

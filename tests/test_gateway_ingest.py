@@ -118,6 +118,11 @@ def test_duplicate_is_acked_again_and_stored_once(gwdb):
     out = feed(core, [(topic("dev1"), r1), (topic("dev1"), r2), (topic("dev1"), r2)])
     assert (out.accepted, out.duplicates, out.acks) == (0, 3, {"dev1": 2})
     assert store.count_readings(gwdb) == 2 and store.quarantined(gwdb) == []
+    # the same payload signed again (ECDSA with a random nonce): still the same reading
+    again = s.sign(s.payload(2, 20, 0, T0 + 60))
+    assert again != r2
+    out = feed(core, [(topic("dev1"), again)])
+    assert (out.accepted, out.duplicates, out.rejected) == (0, 1, {})
     # duplicates inside one batch too
     r3 = s.record(3, 30, 0, T0 + 120)
     out = feed(core, [(topic("dev1"), r3), (topic("dev1"), r3)])
@@ -272,7 +277,7 @@ def test_fast_path_agrees_with_protocol_parser(seq, imp, exp, t, status, serial)
         assert fast == expect
     else:  # only strings needing JSON escapes leave the fast path
         assert '"' in serial or "\\" in serial
-    assert ingest.verify_one(raw, s.pub) == ("ok", seq, imp, exp, t, status, serial)
+    assert ingest.verify_one(raw, s.pub) == ("ok", seq, imp, exp, t, status, serial, rec.payload_bytes)
 
 
 _SIGNER = Signer()
