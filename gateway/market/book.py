@@ -175,6 +175,10 @@ class MemoryBalances:
             return 1 << 62
         return self.bmax - self.watt.get(owner, 0) - self.in_wh.get(owner, 0)
 
+    def stored(self, owner):
+        """WATT the owner will hold once his unsettled trades settle."""
+        return self.watt.get(owner, 0) - self.out_wh.get(owner, 0) + self.in_wh.get(owner, 0)
+
     def apply(self, seller, buyer, wh, eea):
         self.out_wh[seller] = self.out_wh.get(seller, 0) + wh
         self.in_wh[buyer] = self.in_wh.get(buyer, 0) + wh
@@ -221,6 +225,7 @@ class Book:
         self._touched = []
         self._parked = {}  # owner -> {id: parked Order}
         self.last_price = None
+        self.retired = None  # a list to collect resting orders that leave the book, or None
 
     # ---- placing and cancelling -------------------------------------------------
     def limit(self, owner, side, price, qty):
@@ -561,6 +566,8 @@ class Book:
         lvl = o.level
         if lvl is None:
             return
+        if self.retired is not None:
+            self.retired.append(o)
         lvl.live -= 1
         lvl.qty -= o.remaining
         if o.parked:
