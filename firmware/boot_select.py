@@ -1,0 +1,176 @@
+"""Which application copy to boot: A/B slots with try-once-then-roll-back.
+
+The device holds two copies of the application (the .mpy files of a release bundle)
+beside each other, `<root>/app_a` and `<root>/app_b`, and one small state file,
+`<root>/boot.json`:
+
+    {"active": "a", "pending": null, "tries": 0, "rolled_back": null}
+
+- An update (firmware/ota.py) unpacks and checks the new release into the slot that is
+  not active, then sets "pending" to it (`stage`) and resets.
+- At boot (`choose`), a pending slot gets exactly one try: "tries" is set to 1 and
+  written *before* the new code runs. If that boot ends without `confirm` (a crash, a
+  hang the watchdog resets, a power cut, an application that never signs a reading), the
+  next boot finds tries == 1 and rolls back: pending is cleared, the old slot boots, and
+  "rolled_back" names the version that failed so the gateway can see it in the status.
+- `confirm` (called after the first signed reading of the new version) makes the pending
+  slot the active one.
+
+Every change of boot.json is written to boot.tmp and renamed over (atomic on LittleFS
+and POSIX), so a power cut leaves either the old or the new state, never a mix. Nothing
+here touches the flash log, the key or the counters: they live outside the slots.
+
+This module is installed once, at the root of the device file system, outside the slots
+(`egs-gw device flash` puts it there with a two-line /main.py), so a bad release cannot
+break the selector. Why our own: MicroPython's only A/B mechanism is the ESP32 partition
+table for MicroPython itself (firmware/hal/esp32_ota.py); the application files need this.
+"""
+import json
+import os
+import sys
+
+SLOTS = ("a", "b")
+STATE = "boot.json"
+RESTART_EXIT = 75    # unix port: "reset me" to the supervisor (sim/device.py, the OTA tests)
+
+
+def _path(root, name):
+    return (root.rstrip("/") + "/" + name) if root else "/" + name
+
+
+def slot_dir(root, slot):
+    return _path(root, "app_" + slot)
+
+
+def default_state():
+    return {"active": "a", "pending": None, "tries": 0, "rolled_back": None}
+
+
+def load(root):
+    """The boot state; the default (slot a) when there is none or it is unreadable."""
+    for name in (STATE, "boot.tmp"):
+        try:
+            with open(_path(root, name)) as f:
+                state = json.loads(f.read())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and state.get("active") in SLOTS \
+                and state.get("pending") in (None,) + SLOTS:
+            out = default_state()
+            out.update(state)
+            return out
+    return default_state()
+
+
+def save(root, state):
+    tmp = _path(root, "boot.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(state))
+        f.flush()
+    os.rename(tmp, _path(root, STATE))
+
+
+def other(slot):
+    return "b" if slot == "a" else "a"
+
+
+def choose(root):
+    """The slot to boot now, with the try counted (and a rollback done) before returning."""
+    state = load(root)
+    pending = state["pending"]
+    if pending is None or pending == state["active"]:
+        return state["active"]
+    if state["tries"] >= 1:
+        state["rolled_back"] = version_of(root, pending)
+        state["pending"] = None
+        state["tries"] = 0
+        save(root, state)
+        return state["active"]
+    state["tries"] = 1
+    save(root, state)
+    return pending
+
+
+def stage(root, slot):
+    """Boot `slot` once at the next start (it must hold a checked release)."""
+    state = load(root)
+    if slot == state["active"]:
+        raise ValueError("cannot stage the active slot")
+    state["pending"] = slot
+    state["tries"] = 0
+    state["rolled_back"] = None
+    save(root, state)
+
+
+def running(root):
+    """(slot, confirmed): the slot this boot runs and whether it is the confirmed one."""
+    state = load(root)
+    if state["pending"] is not None and state["tries"] >= 1:
+        return state["pending"], False
+    return state["active"], True
+
+
+def confirm(root):
+    """The pending slot booted and signed a reading: it becomes the active one. True if
+    something changed."""
+    state = load(root)
+    if state["pending"] is None or state["tries"] < 1:
+        return False
+    state["active"] = state["pending"]
+    state["pending"] = None
+    state["tries"] = 0
+    save(root, state)
+    return True
+
+
+def version_of(root, slot):
+    """The version in a slot's manifest, or None."""
+    try:
+        with open(slot_dir(root, slot) + "/manifest.json") as f:
+            return json.loads(f.read()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _forget_application():
+    for name in list(sys.modules):
+        if name == "firmware" or name.startswith("firmware.") or name == "protocol" \
+                or name.startswith("protocol."):
+            del sys.modules[name]
+
+
+def boot(root, argv=None):
+    """Put the chosen slot first on sys.path and run the application from it."""
+    slot = choose(root)
+    path = slot_dir(root, slot)
+    _forget_application()
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    from firmware import main as app_main    # from the slot: the only copy on sys.path
+
+    app_main.main(argv)
+
+
+def _arg(argv, name):
+    if name in argv:
+        i = argv.index(name)
+        if i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def main():
+    """Entry point. ESP32: /main.py (written by `egs-gw device flash`) is
+    `import boot_select` + `boot_select.main()` with a machine.reset() after it, so a
+    release that cannot even start resets into its rollback. Unix port:
+    `micropython <state-dir>/boot_select.py --state-dir DIR`; an exception ends the
+    process, and the supervisor (the power supply, in tests) starts it again."""
+    if sys.platform == "esp32":
+        boot("")
+        return
+    argv = list(sys.argv)
+    boot(_arg(argv, "--state-dir") or ".", argv)
+
+
+if __name__ == "__main__":
+    main()
