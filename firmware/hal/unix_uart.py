@@ -1,0 +1,185 @@
+"""Meter links for the unix port: a tty (USB RS-485 adapter or a pseudo-terminal) and
+RTU frames over TCP. Interface: firmware/hal/uart.py. Runs under MicroPython and CPython.
+
+Facts this relies on (checked on MicroPython v1.29 unix, Linux):
+- open(path, "r+b") opens a tty unbuffered; select.poll() waits on the file object; read(n)
+  after POLLIN returns what is there (one read(2)), so read() never blocks.
+- The unix port does have a `termios` module (tcgetattr, tcsetattr, setraw, a few B*
+  constants). We put the tty in raw mode ourselves (no echo, no CR/LF mapping, 8 bits, no
+  flow control: RTU bytes must cross unchanged) instead of trusting the other side to have
+  done it: for a pseudo-terminal the emulator also sets raw mode on the slave, and the
+  settings are shared, so doing it twice is harmless. CPython has no termios.setraw; there
+  tty.setraw does the same.
+- termios on the unix port lacks B2400/B4800/B19200/B38400 and the PARENB/PARODD/CSTOPB
+  flags (and the VMIN/VTIME indices); we use the Linux values for those (the unix port is only used on Linux here). On a
+  pseudo-terminal the line speed means nothing; on a USB adapter it is the meter's baud rate.
+"""
+import select
+
+from firmware.hal.uart import Uart
+
+# Linux termios values missing from MicroPython's termios module.
+_LINUX_BAUD = {1200: 0o11, 2400: 0o13, 4800: 0o14, 9600: 0o15, 19200: 0o16, 38400: 0o17,
+               57600: 0o10001, 115200: 0o10002}
+_CSTOPB = 0o100
+_CREAD = 0o200
+_PARENB = 0o400
+_PARODD = 0o1000
+_CLOCAL = 0o4000
+_VTIME = 5
+_VMIN = 6
+_EIO = 5
+_ECONNRESET = 104
+
+
+def _configure(fd, baudrate, parity, stopbits):
+    try:
+        import termios
+    except ImportError:
+        return
+    if hasattr(termios, "setraw"):
+        termios.setraw(fd)
+    else:  # CPython
+        import tty
+        tty.setraw(fd)
+    attrs = termios.tcgetattr(fd)
+    cflag = attrs[2] & ~(_PARENB | _PARODD | _CSTOPB)
+    cflag |= _CREAD | _CLOCAL
+    if parity in ("E", "O"):
+        cflag |= _PARENB
+        if parity == "O":
+            cflag |= _PARODD
+    if stopbits == 2:
+        cflag |= _CSTOPB
+    attrs[2] = cflag
+    # VMIN = VTIME = 0: read(2) returns at once with what is there. MicroPython's
+    # FileIO.read(n) loops until n bytes or a zero-length read, so without this it would
+    # block for the rest of n even after poll() said "readable".
+    attrs[6][_VMIN] = 0
+    attrs[6][_VTIME] = 0
+    speed = getattr(termios, f"B{baudrate}", None) or _LINUX_BAUD.get(baudrate)
+    if speed:
+        attrs[4] = attrs[5] = speed
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+class TtyUart(Uart):
+    """A tty opened by path; parity None/"E"/"O"."""
+
+    def __init__(self, path, baudrate=9600, parity=None, stopbits=1):
+        self.path = path
+        self.baudrate = baudrate
+        self._f = open(path, "r+b", buffering=0)  # noqa: SIM115 - kept open
+        try:
+            _configure(self._f.fileno(), baudrate, parity, stopbits)
+        except OSError:
+            self._f.close()
+            raise
+        self._poll = select.poll()
+        self._poll.register(self._f, select.POLLIN)
+
+    def write(self, data):
+        f = self._f
+        view = memoryview(data)
+        while len(view):
+            n = f.write(view)
+            if n is None:
+                n = 0
+            view = view[n:]
+
+    def _events(self, timeout_ms):
+        ev = self._poll.poll(timeout_ms)
+        return ev[0][1] if ev else 0
+
+    def read(self, n):
+        flags = self._events(0)
+        if flags & select.POLLIN:
+            data = self._f.read(n)
+            if not data:
+                raise OSError(_EIO, "tty closed")
+            return data
+        if flags & (select.POLLHUP | select.POLLERR):
+            raise OSError(_EIO, "tty hung up")
+        return b""
+
+    def wait_readable(self, timeout_ms):
+        return bool(self._events(max(0, int(timeout_ms))))
+
+    def close(self):
+        if self._f is not None:
+            self._poll.unregister(self._f)
+            self._f.close()
+            self._f = None
+
+
+class TcpUart(Uart):
+    """RTU frames (with CRC, no MBAP header) over TCP, as RTU-over-TCP gateways carry them.
+
+    Connects on first use and again after the peer closed; a connect failure raises OSError
+    from write(), which the master counts as a link error. `baudrate` is the line speed behind
+    the gateway (only used for the inter-frame silence).
+    """
+
+    def __init__(self, host, port, baudrate=9600, connect_timeout_s=2):
+        self.host = host
+        self.port = port
+        self.baudrate = baudrate
+        self.connect_timeout_s = connect_timeout_s
+        self._sock = None
+        self._poll = None
+
+    def _connect(self):
+        import socket
+
+        addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.connect_timeout_s)
+            sock.connect(addr)
+            sock.settimeout(None)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+
+    def write(self, data):
+        if self._sock is None:
+            self._connect()
+        try:
+            self._sock.sendall(data)
+        except OSError:
+            self.close()
+            raise
+
+    def read(self, n):
+        if self._sock is None:
+            return b""
+        ev = self._poll.poll(0)
+        if not ev:
+            return b""
+        if ev[0][1] & (select.POLLHUP | select.POLLERR) and not ev[0][1] & select.POLLIN:
+            self.close()
+            raise OSError(_ECONNRESET, "connection lost")
+        try:
+            data = self._sock.recv(n)
+        except OSError:
+            self.close()
+            raise
+        if not data:
+            self.close()
+            raise OSError(_ECONNRESET, "peer closed the connection")
+        return data
+
+    def wait_readable(self, timeout_ms):
+        if self._sock is None:
+            return False
+        return bool(self._poll.poll(max(0, int(timeout_ms))))
+
+    def close(self):
+        if self._sock is not None:
+            self._poll.unregister(self._sock)
+            self._sock.close()
+            self._sock = None
+            self._poll = None
