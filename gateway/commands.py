@@ -99,7 +99,7 @@ def parse_time(value, what="--since"):
     if m:
         return int(time.time()) - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
     try:
-        dt = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        dt = datetime.datetime.fromisoformat(text)
     except ValueError:
         raise UserError(f"{what}: expected epoch seconds, an ISO date/time or a duration like 2h, "
                         f"got {value!r}") from None
@@ -114,7 +114,13 @@ def _store(app, must_exist=False):
     if must_exist and not path.exists():
         raise UserError(f"no gateway database at {path} (set --db or store.db)")
     conn = app.conn()
-    store.init(conn)
+    row = None
+    try:
+        row = conn.execute("SELECT version FROM schema_versions WHERE component='gateway'").fetchone()
+    except sqlite3.OperationalError:
+        pass
+    if row is None or row[0] < store.SCHEMA_VERSION:   # never take the write lock just to read
+        store.init(conn)
     return conn
 
 

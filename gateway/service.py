@@ -457,3 +457,10 @@ def setup_logging(level):
 def main(cfg, ocpp=None):
     setup_logging(cfg["gateway"]["log_level"])
     return asyncio.run(serve(cfg, ocpp))
+
+
+if __name__ == "__main__":
+    # `python -m gateway.service [options]` is `egs-gw run [options]` without loading
+    # the command modules of every other component (quicker to start).
+    from gateway.commands import run_cmd
+    run_cmd(prog_name="egs-gw run")

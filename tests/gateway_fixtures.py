@@ -73,6 +73,15 @@ def egs_gw(*args, env=None, input=None, timeout=60):
                           check=False)
 
 
+def cli_invoke(*args, input=None):
+    """`egs-gw` in this process (click's CliRunner): quick, same code as the console script."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False,
+                              env={"EGS_GW_CONFIG": None, "EGS_GW_DB": None})
+
+
 def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -165,9 +174,9 @@ def secured_broker(tmp_path, conn, db_path, community=COMMUNITY):
     """`egs-gw broker config` into tmp_path/broker and a real mosquitto on it."""
     from sim.services import Mosquitto, free_port
     port = free_port()
-    res = egs_gw("broker", "config", "--db", db_path, "--out", tmp_path / "broker", "--community",
-                 community, "--port", port, "--run-as", "root", "--json")
-    assert res.returncode == 0, res.stderr
+    res = cli_invoke("broker", "config", "--db", db_path, "--out", tmp_path / "broker", "--community",
+                     community, "--port", port, "--run-as", "root", "--json")
+    assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)
     text = Path(summary["config"]).read_text()
     return Mosquitto(tmp_path / "broker", port=port, config_text=text), summary
@@ -246,7 +255,7 @@ def start_gateway(tmp_path, config_path, db_path, name="gw"):
     """`egs-gw run` as a real process (own process group); waits until it is connected."""
     from gateway import db as db_mod
     from sim.services import Service
-    svc = Service([sys.executable, "-m", "gateway.cli", "run", "--config", config_path, "--db", db_path],
+    svc = Service([sys.executable, "-m", "gateway.service", "--config", config_path, "--db", db_path],
                   log_path=tmp_path / f"{name}.log").start()
     conn = db_mod.connect(db_path)
     try:

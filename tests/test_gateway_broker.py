@@ -2,12 +2,20 @@
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
 from gateway import broker, store
-from tests.gateway_fixtures import (COMMUNITY, Peer, Signer, egs_gw, gwdb_fixture,  # noqa: F401
-                                    secured_broker, topic)
+from tests.gateway_fixtures import (  # noqa: F401
+    COMMUNITY,
+    Peer,
+    Signer,
+    cli_invoke,
+    gwdb_fixture,
+    secured_broker,
+    topic,
+)
 
 
 @pytest.fixture
@@ -36,10 +44,10 @@ def test_config_files_and_credentials(secured):
     for user, path in s["credentials"].items():
         mode = stat.S_IMODE(os.stat(path).st_mode)
         assert mode == 0o600, (user, oct(mode))
-    passwd = open(s["passwd"]).read()
+    passwd = Path(s["passwd"]).read_text()
     assert "dev1:$7$" in passwd and "egs-gateway:$" in passwd
     assert broker.credential(s["dir"], "dev1", create=False) not in passwd   # hashed, not clear text
-    acl = open(s["acl"]).read()
+    acl = Path(s["acl"]).read_text()
     assert f"pattern write egs/v1/{COMMUNITY}/%u/ocmf" in acl
     assert f"pattern read egs/v1/{COMMUNITY}/%u/ack" in acl
 
@@ -112,10 +120,10 @@ def test_revoked_device_loses_its_credential(tmp_path, gwdb):
     db_path = tmp_path / "gw.sqlite"
     mosq, s = secured_broker(tmp_path, gwdb, db_path)
     old = broker.credential(s["dir"], "dev1", create=False)
-    res = egs_gw("device", "revoke", "--db", db_path, "--id", "dev1", "--broker-dir", s["dir"], "--json")
-    assert res.returncode == 0, res.stderr
+    res = cli_invoke("device", "revoke", "--db", db_path, "--id", "dev1", "--broker-dir", s["dir"], "--json")
+    assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["broker_credential_removed"] is True
-    assert "dev1:" not in open(s["passwd"]).read()
+    assert "dev1:" not in Path(s["passwd"]).read_text()
     with mosq:
         p = Peer(mosq.port, "dev1", old, client_id="dev1")
         try:
@@ -123,11 +131,11 @@ def test_revoked_device_loses_its_credential(tmp_path, gwdb):
         finally:
             p.close()
     # regenerating keeps the gateway's password and leaves the revoked device out
-    res = egs_gw("broker", "config", "--db", db_path, "--out", s["dir"], "--community", COMMUNITY,
+    res = cli_invoke("broker", "config", "--db", db_path, "--out", s["dir"], "--community", COMMUNITY,
                  "--port", mosq.port, "--json")
     s2 = json.loads(res.stdout)
     assert s2["devices"] == [] and broker.credential(s["dir"], "egs-gateway", create=False) == \
-        open(s["gateway_password_file"]).read().strip()
+        Path(s["gateway_password_file"]).read_text().strip()
     assert store.get_device(gwdb, "dev1")["revoked"] is True
 
 
@@ -159,13 +167,13 @@ def test_tls_listener_config(tmp_path, gwdb):
                                        serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     Signer("dev1").register(gwdb)
     port, tls_port = free_port(), free_port()
-    res = egs_gw("broker", "config", "--db", tmp_path / "gw.sqlite", "--out", tmp_path / "b",
+    res = cli_invoke("broker", "config", "--db", tmp_path / "gw.sqlite", "--out", tmp_path / "b",
                  "--community", COMMUNITY, "--port", port, "--tls-port", tls_port, "--tls-host", "127.0.0.1",
                  "--certfile", tmp_path / "cert.pem", "--keyfile", tmp_path / "key.pem", "--run-as", "root",
                  "--json")
-    assert res.returncode == 0, res.stderr
+    assert res.exit_code == 0, res.stderr
     s = json.loads(res.stdout)
-    with Mosquitto(tmp_path / "b", port=port, config_text=open(s["config"]).read()):
+    with Mosquitto(tmp_path / "b", port=port, config_text=Path(s["config"]).read_text()):
         from sim.services import wait_port
         wait_port(tls_port)
         p = Peer(tls_port, "dev1", broker.credential(s["dir"], "dev1", create=False), client_id="tls1")
@@ -174,7 +182,7 @@ def test_tls_listener_config(tmp_path, gwdb):
             assert p.connect()
         finally:
             p.close()
-    res = egs_gw("broker", "config", "--db", tmp_path / "gw.sqlite", "--out", tmp_path / "c",
+    res = cli_invoke("broker", "config", "--db", tmp_path / "gw.sqlite", "--out", tmp_path / "c",
                  "--community", COMMUNITY, "--tls-port", 8883)
-    assert res.returncode == 1 and res.stderr.strip() == \
+    assert res.exit_code == 1 and res.stderr.strip() == \
         "egs-gw: error: a TLS listener needs --certfile and --keyfile"

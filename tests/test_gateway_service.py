@@ -4,15 +4,24 @@ quarantined, gaps are asked for again, and a SIGKILL loses nothing acknowledged.
 import json
 import signal
 import time
+from pathlib import Path
 
 from gateway import db, store
-from tests.gateway_fixtures import (COMMUNITY, ReplayingDevice, Signer, egs_gw, gateway_config,
-                                    gwdb_fixture, secured_broker, start_gateway, topic,  # noqa: F401
-                                    wait_for)
+from tests.gateway_fixtures import (
+    ReplayingDevice,
+    Signer,
+    cli_invoke,
+    gateway_config,
+    gwdb_fixture,  # noqa: F401
+    secured_broker,
+    start_gateway,
+    topic,
+    wait_for,
+)
 
 
 def _password(summary, user):
-    return open(summary["credentials"][user]).read().strip()
+    return Path(summary["credentials"][user]).read_text().strip()
 
 
 def _stored_seqs(db_path, device="dev1"):
@@ -79,23 +88,23 @@ def test_ingest_through_mosquitto(tmp_path, gwdb):
         assert _stored_seqs(db_path) == list(range(1, 44))
         assert violations == []
         # revoked from the CLI while running: its next record is refused
-        res = egs_gw("device", "revoke", "--db", db_path, "--id", "dev3", "--broker-dir", tmp_path / "nowhere")
-        assert res.returncode == 0, res.stderr
+        res = cli_invoke("device", "revoke", "--db", db_path, "--id", "dev3", "--broker-dir", tmp_path / "nowhere")
+        assert res.exit_code == 0, res.stderr
         dev3 = ReplayingDevice(mosq.port, s3, _password(summary, "dev3")).start()   # broker not reloaded
         dev3.send(1, s3.record(1, 5, 0, now))
         wait_for(lambda: any(r["reason"] == "revoked_device" for r in store.quarantined(gwdb)),
                  what="revoked device quarantined")
         # status and intervals from the CLI while the service runs
-        st = json.loads(egs_gw("status", "--db", db_path, "--json").stdout)
+        st = json.loads(cli_invoke("status", "--db", db_path, "--json").stdout)
         assert st["service"]["running"] and st["service"]["connected"]
         d1 = next(d for d in st["devices"] if d["id"] == "dev1")
         assert (d1["last_seq"], d1["acked_seq"], d1["missing"]) == (43, 43, 0)
-        wait_for(lambda: json.loads(egs_gw("intervals", "--db", db_path, "--device", "dev1", "--json")
+        wait_for(lambda: json.loads(cli_invoke("intervals", "--db", db_path, "--device", "dev1", "--json")
                                     .stdout)["count"] >= 2, what="intervals")
         # SIGTERM: a clean stop
         gw.proc.send_signal(signal.SIGTERM)
         assert gw.proc.wait(15) == 0
-        st = json.loads(egs_gw("status", "--db", db_path, "--json").stdout)
+        st = json.loads(cli_invoke("status", "--db", db_path, "--json").stdout)
         assert st["service"]["running"] is False
         log = (tmp_path / "gw.log").read_text()
         assert "gateway stopped" in log and "Traceback" not in log
