@@ -1,0 +1,194 @@
+"""Firmware entry point: pick the HAL, boot, run the main loop, restart on reboot.
+
+On the ESP32 the board's /main.py is two lines: `from firmware import main; main.main()`.
+On the unix port (tests, `egs-sim device`):
+
+    micropython -m firmware.main --state-dir DIR
+
+Boot: load the configuration (none or invalid: stay in provisioning mode, the console
+answers and nothing else runs); without a device key but with a configuration (a device
+set up from a config file by `egs-sim device`), generate the key now; then run the
+application loop, feeding the watchdog each pass. A reboot (console or `.../cmd`) says
+goodbye on MQTT, then resets the ESP32 or, on unix, restarts the application in-process.
+An unexpected exception restarts the application after a pause instead of ending the
+program: on the ESP32 the watchdog would reset it anyway, only later.
+
+Heap: what is needed only at boot or while a console command is answered is imported
+then and unloaded afterwards (firmware/heap.py).
+"""
+import sys
+
+from firmware.heap import unload
+
+MAX_LINE = 2048
+
+
+class Device:
+    """What the console sees of the device: configuration, key, running application."""
+
+    def __init__(self, cfg, secret):
+        self.cfg = cfg
+        self.secret = secret
+        self.app = None
+        self.reboot_requested = False
+
+
+class LineReader:
+    """Console bytes to lines; an over-long line becomes None (answered with an error)."""
+
+    def __init__(self):
+        self.buf = b""
+        self.discarding = False
+
+    def feed(self, data):
+        self.buf += data
+        out = []
+        while True:
+            i = self.buf.find(b"\n")
+            if i < 0:
+                if len(self.buf) > MAX_LINE:
+                    self.buf = b""
+                    if not self.discarding:
+                        self.discarding = True
+                        out.append(None)
+                return out
+            line = self.buf[:i].strip()
+            self.buf = self.buf[i + 1:]
+            if self.discarding:
+                self.discarding = False
+            elif len(line) > MAX_LINE:
+                out.append(None)
+            elif line:
+                out.append(line)
+
+
+class ConsolePort:
+    def __init__(self, hal, device):
+        self.hal = hal
+        self.device = device
+        self.reader = LineReader()
+        self.eof = False
+
+    def poll(self):
+        if self.eof:
+            return
+        data = self.hal.console_read()
+        if data is None:
+            self.eof = True
+            return
+        if not data:
+            return
+        lines = self.reader.feed(data)
+        if lines:
+            from firmware.provision import Console
+
+            console = Console(self.hal, self.device)
+            for line in lines:
+                self.hal.console_write(console.answer(line))
+            console = None
+            unload()
+
+
+def boot(hal):
+    """The Device after loading configuration and key."""
+    from firmware import config
+
+    cfg = None
+    try:
+        cfg = config.load(hal.config_path)
+    except OSError:
+        hal.log("no configuration: provisioning mode (send {\"cmd\":\"hello\"})")
+    except ValueError as e:
+        hal.log("configuration rejected, provisioning mode: %s" % (e,))
+    secret = hal.load_key()
+    if cfg is not None and secret is None:
+        from protocol import p256
+
+        secret = p256.generate_secret()
+        hal.store_key(secret)
+        hal.log("generated a new device key")
+    return Device(cfg, secret)
+
+
+def run_once(hal):
+    """Boot and run until a reboot is requested (True) or, on a device without
+    configuration, until the console closes (False)."""
+    device = boot(hal)
+    unload()
+    console = ConsolePort(hal, device)
+    cfg = device.cfg
+    if cfg is None:
+        while not device.reboot_requested:
+            hal.feed_watchdog()
+            console.poll()
+            if console.eof:
+                return False
+            hal.sleep_ms(20)
+        return True
+    hal.start_watchdog(cfg["watchdog_ms"])
+    from firmware.app import App
+
+    app = App(hal, cfg, device.secret)
+    device.app = app
+    unload()
+    hal.log("device %s up: seq %s, log depth %d, pubkey %s" % (
+        cfg["device_id"], app.log.last_seq, app.log.depth(), app.pubkey_hex))
+    while True:
+        hal.feed_watchdog()
+        console.poll()
+        if device.reboot_requested or app.reboot_requested:
+            app.shutdown("reboot")
+            return True
+        wait = app.step()
+        if wait:
+            app.mqtt.wait(wait)
+
+
+def run(hal):
+    while True:
+        try:
+            if run_once(hal) is False:
+                return
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - the device must keep running
+            if type(e).__name__ == "Reboot":
+                hal.log("soft reboot")
+                continue
+            try:
+                sys.print_exception(e, sys.stderr)
+            except AttributeError:
+                pass
+            hal.log("application failed (%r); restarting in 5 s" % (e,))
+            hal.sleep_ms(5000)
+            continue
+        hal.log("rebooting")
+        try:
+            hal.reboot()
+        except Exception as e:  # noqa: BLE001
+            if type(e).__name__ != "Reboot":
+                raise
+
+
+def _arg(argv, name, default=None):
+    if name in argv:
+        i = argv.index(name)
+        if i + 1 < len(argv):
+            return argv[i + 1]
+    return default
+
+
+def main(argv=None):
+    if sys.platform == "esp32":
+        from firmware.hal.esp32 import Hal
+
+        run(Hal())
+        return
+    from firmware.hal.unix import Hal
+
+    argv = sys.argv if argv is None else argv
+    run(Hal(_arg(argv, "--state-dir", ".state/device")))
+
+
+if __name__ == "__main__":
+    main()

