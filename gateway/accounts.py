@@ -7,6 +7,11 @@ the market's executability checks and `egs-gw ledger reconcile` read it, so they
 never wait on a JSON-RPC round trip. Amounts are integers, always.
 
 Assets: "WATT" (1 unit = 1 Wh) and "EEA" (base units, 18 decimals on chain).
+
+EEA base units outgrow SQLite's 64-bit integers (9.2 EEA), so every entry also
+keeps its exact amount as decimal text (`amount`, schema version 2) and balances
+are summed in Python from it; `delta` holds the same value when it fits in 64
+bits (0 otherwise) and must not be summed in SQL for EEA.
 """
 from gateway.db import ensure_schema, transaction
 
@@ -32,12 +37,23 @@ SCHEMA = [
 ]
 
 
+INT64 = 2**63
+
+
 class BalanceError(ValueError):
     pass
 
 
 def init(conn):
-    ensure_schema(conn, "accounts", 1, SCHEMA)
+    ensure_schema(conn, "accounts", 2, SCHEMA)
+    with transaction(conn):
+        have = {r[1] for r in conn.execute("PRAGMA table_info(balance_entries)")}
+        if "amount" not in have:
+            conn.execute("ALTER TABLE balance_entries ADD COLUMN amount TEXT")
+
+
+def _exact(row_amount, row_delta):
+    return int(row_amount) if row_amount is not None else int(row_delta)
 
 
 def normalize_address(address):
@@ -64,11 +80,25 @@ def ensure_account(conn, address, label=""):
 def balance(conn, address, asset):
     if asset not in ASSETS:
         raise BalanceError(f"unknown asset {asset!r}")
-    row = conn.execute(
-        "SELECT COALESCE(SUM(delta), 0) FROM balance_entries WHERE address=? AND asset=?",
-        (normalize_address(address), asset),
-    ).fetchone()
-    return int(row[0])
+    return sum(_exact(a, d) for a, d in conn.execute(
+        "SELECT amount, delta FROM balance_entries WHERE address=? AND asset=?",
+        (normalize_address(address), asset)))
+
+
+def balances(conn, asset=None, address=None, reason=None):
+    """Exact sums {(address, asset): amount} over all entries, optionally filtered."""
+    sql, args, where = "SELECT address, asset, amount, delta FROM balance_entries", [], []
+    for column, value in (("asset", asset), ("address", address and normalize_address(address)),
+                          ("reason", reason)):
+        if value is not None:
+            where.append(f"{column}=?")
+            args.append(value)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    out = {}
+    for addr, a, amount, delta in conn.execute(sql, args):
+        out[(addr, a)] = out.get((addr, a), 0) + _exact(amount, delta)
+    return out
 
 
 def post(conn, entries, reason, ref=""):
@@ -92,8 +122,8 @@ def post(conn, entries, reason, ref=""):
         if delta < 0 and balance(conn, address, asset) + delta < 0:
             raise BalanceError(f"{address} has not enough {asset} for {-delta}")
         conn.execute(
-            "INSERT INTO balance_entries(address, asset, delta, reason, ref) VALUES(?, ?, ?, ?, ?)",
-            (address, asset, delta, reason, ref),
+            "INSERT INTO balance_entries(address, asset, delta, reason, ref, amount) VALUES(?, ?, ?, ?, ?, ?)",
+            (address, asset, delta if -INT64 <= delta < INT64 else 0, reason, ref, str(delta)),
         )
     return True
 

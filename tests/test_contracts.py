@@ -82,9 +82,8 @@ def test_eea_transfers_keep_supply_and_check_balances(w):
             w.eea.transfer(b, SUPPLY)
         with boa.reverts("EEA: transfer to the zero address"):
             w.eea.transfer("0x" + "00" * 20, 1)
-    with boa.env.prank(b):
-        with boa.reverts("EEA: allowance too low"):
-            w.eea.transferFrom(a, b, 1)
+    with boa.env.prank(b), boa.reverts("EEA: allowance too low"):
+        w.eea.transferFrom(a, b, 1)
     assert w.eea.balanceOf(b) == 5 * UNIT and w.eea.totalSupply() == SUPPLY
 
 
@@ -107,15 +106,13 @@ def test_only_gateways_settle_and_only_the_admin_grants(w):
             w.watt.setStorage(sid(1), stranger, 1)
         with boa.reverts("WATT: not the admin"):
             w.watt.setGateway(stranger, True)
-    with w.gw():
-        with boa.reverts("WATT: not the admin"):
-            w.watt.setGateway(stranger, True)
+    with w.gw(), boa.reverts("WATT: not the admin"):
+        w.watt.setGateway(stranger, True)
     assert w.watt.totalSupply() == 0
     with boa.env.prank(w.admin):
         w.watt.setGateway(w.gateway, False)
-    with w.gw():
-        with boa.reverts("WATT: not a gateway"):
-            w.watt.settleInterval(sid(1), Z32, [(stranger, 1000, 0, 0)])
+    with w.gw(), boa.reverts("WATT: not a gateway"):
+        w.watt.settleInterval(sid(1), Z32, [(stranger, 1000, 0, 0)])
     with boa.env.prank(w.admin):
         w.watt.setAdmin(stranger)
         with boa.reverts("WATT: not the admin"):
@@ -293,7 +290,7 @@ def test_gas_bound_covers_a_full_batch_of_fresh_accounts_with_commission(w):
     with w.gw():
         w.watt.settleInterval(sid(1), b"\x01" * 32, entries)
         used = w.watt._computation.get_gas_used()
-    fn, args, bound = intents.call_for(
+    _, _, bound = intents.call_for(
         "interval", "0x" + sid(2).hex(), {"records_hash": "0x" + "01" * 32,
                                          "entries": [[p, m, b, c] for p, m, b, c in entries]},
         storage_owners=len(owners))
@@ -309,5 +306,5 @@ def test_gas_bound_covers_a_full_batch_of_fresh_accounts_with_commission(w):
 
 def test_committed_build_matches_the_sources():
     res = subprocess.run([sys.executable, str(ROOT / "contracts/build.py"), "--check"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr

@@ -1,2 +1,407 @@
-"""Commands this component adds to `egs-gw` (filled in by its issue)."""
+"""`egs-gw ledger …`: deploy the contracts, watch the outbox, compare with the chain.
+
+    egs-gw ledger key new|show          the gateway's ledger key (encrypted keystore)
+    egs-gw ledger deploy                EEA + WATT from contracts/build, gateway role granted
+    egs-gw ledger status                chain, contracts, role, outbox
+    egs-gw ledger balances [--account]  book and chain side by side
+    egs-gw ledger reconcile             every difference between chain and store; exit 1 on any
+    egs-gw ledger storage set|list      storage owners and their capacity (commission split)
+    egs-gw ledger withdraw ACCOUNT N    pay escrowed EEA back to an account
+    egs-gw ledger outbox [--state S]    the queued and signed intents
+    egs-gw ledger run [--until-idle]    the settlement loop and worker without the rest of `run`
+"""
+import json
+import logging
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from gateway import accounts
+from gateway.cliutil import UserError, common_options
+from gateway.db import transaction
+from gateway.ledger import keystore, outbox, settlement, tables
+from gateway.ledger.chain import Chain, ChainUnavailable
+from gateway.ledger.settings import Settings
+
 COMMANDS = []
+
+
+def _settings(app):
+    return Settings(app.config)
+
+
+def _conn(app):
+    conn = app.conn()
+    tables.init(conn)
+    return conn
+
+
+def _account(s):
+    return keystore.load(s.keystore, keystore.read_password(s.password_file, s.password_env))
+
+
+def _chain(s, with_contracts=True):
+    return Chain.from_settings(s, with_contracts)
+
+
+def _fail_chain(fn):
+    """ChainUnavailable is a user-facing one-liner too."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ChainUnavailable as e:
+            raise UserError(str(e)) from None
+
+    return wrapper
+
+
+def _console():
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _eea(units):
+    units = int(units)
+    sign = "-" if units < 0 else ""
+    whole, frac = divmod(abs(units), 10**18)
+    return f"{sign}{whole}.{frac:018d}".rstrip("0").rstrip(".")
+
+
+def _kwh(wh):
+    sign = "-" if wh < 0 else ""
+    return f"{sign}{abs(wh) // 1000}.{abs(wh) % 1000:03d}"
+
+
+@click.group("ledger")
+def ledger():
+    """WATT and EEA on the chain: deployment, settlement outbox, reconciliation."""
+
+
+COMMANDS.append(ledger)
+
+
+# ---- key --------------------------------------------------------------------------
+
+@ledger.group("key")
+def key():
+    """The gateway's ledger key (eth-account encrypted keystore)."""
+
+
+@key.command("new")
+@click.option("--private-key-env", default=None,
+              help="Import the key from this environment variable instead of generating one.")
+@common_options
+def key_new(app, private_key_env):
+    """Create the keystore at ledger.keystore (password from ledger.password_file/_env)."""
+    import os
+
+    s = _settings(app)
+    password = keystore.read_password(s.password_file, s.password_env)
+    private = None
+    if private_key_env:
+        private = os.environ.get(private_key_env)
+        if not private:
+            raise UserError(f"environment variable {private_key_env} is not set")
+    address = keystore.create(s.keystore, password, private)
+    app.emit({"address": address.lower(), "keystore": str(s.keystore)},
+             lambda d: click.echo(f"created {d['keystore']} for {d['address']}"))
+
+
+@key.command("show")
+@common_options
+def key_show(app):
+    """The keystore's address (no password needed)."""
+    s = _settings(app)
+    app.emit({"address": keystore.address(s.keystore), "keystore": str(s.keystore)},
+             lambda d: click.echo(d["address"]))
+
+
+# ---- deploy -----------------------------------------------------------------------
+
+@ledger.command("deploy")
+@click.option("--gateway", "gateway_addr", default=None,
+              help="Address to grant the gateway role (default: the keystore's).")
+@click.option("--force", is_flag=True, help="Deploy even if the deployment file exists.")
+@common_options
+@_fail_chain
+def deploy_cmd(app, gateway_addr, force):
+    """Deploy EEA (distribution from ledger.distribution) and WATT; write ledger.deployment."""
+    from gateway.ledger.deploy import deploy
+
+    s = _settings(app)
+    if s.deployment_path.exists() and not force:
+        raise UserError(f"{s.deployment_path} exists: contracts are deployed (use --force for new ones)")
+    distribution = s.distribution_addresses()
+    account = _account(s)
+    chain = _chain(s, with_contracts=False)
+    if chain.call(lambda: chain.w3.eth.chain_id) != s.chain_id:
+        raise UserError(f"the node at {s.rpc_url} is not chain {s.chain_id}")
+    out = deploy(chain, account, distribution, s.education_pool, s.network_pool,
+                 gateway=gateway_addr, path=s.deployment_path)
+    app.emit(out, lambda d: click.echo(
+        f"EEA  {d['eea']}\nWATT {d['watt']}\ngateway {d['gateway']}\nwritten to {s.deployment_path}"))
+
+
+# ---- status -----------------------------------------------------------------------
+
+@ledger.command("status")
+@common_options
+def status_cmd(app):
+    """Chain, contracts, gateway role and the outbox."""
+    s = _settings(app)
+    conn = _conn(app)
+    data = {"rpc_url": s.rpc_url, "chain_id": s.chain_id, "outbox": outbox.counts(conn)}
+    oldest = conn.execute(
+        "SELECT id, settlement_id, kind, state, last_error, created_at FROM ledger_outbox "
+        "WHERE state NOT IN ('confirmed', 'rejected') ORDER BY id LIMIT 1").fetchone()
+    data["oldest_pending"] = dict(oldest) if oldest else None
+    data["storage_owners"] = [{"owner": o, "capacity_wh": c} for o, c in tables.storage_owners(conn)]
+    data["commission_rate"] = s.commission_rate
+    try:
+        data["gateway"] = keystore.address(s.keystore)
+    except keystore.KeystoreError as e:
+        data["gateway"] = None
+        data["keystore_error"] = str(e)
+    try:
+        dep = s.deployment()
+        data["watt"], data["eea"] = dep["watt"], dep["eea"]
+    except ValueError as e:
+        dep = None
+        data["deployment_error"] = str(e)
+    try:
+        chain = Chain(s.rpc_url, s.chain_id, dep, s.rpc_timeout_s)
+        data["chain"] = "up"
+        data["node_chain_id"] = chain.call(lambda: chain.w3.eth.chain_id)
+        data["block"] = chain.block_number()
+        if data["gateway"]:
+            data["gas_balance_wei"] = chain.native_balance(data["gateway"])
+            if dep:
+                chain.check()
+                data["gateway_role"] = chain.is_gateway(data["gateway"])
+                data["watt_supply_wh"] = chain.call(chain.watt.functions.totalSupply().call)
+    except ChainUnavailable as e:
+        data["chain"] = "down"
+        data["chain_error"] = str(e)
+    except ValueError as e:
+        data["chain_error"] = str(e)
+
+    def human(d):
+        c = _console()
+        c.print(f"chain     {d['chain']}  {d['rpc_url']}  id {d.get('node_chain_id', '?')}"
+                f"  block {d.get('block', '?')}")
+        for k in ("chain_error", "deployment_error", "keystore_error"):
+            if d.get(k):
+                c.print(f"[red]{k.replace('_', ' ')}: {d[k]}[/red]")
+        c.print(f"WATT      {d.get('watt', '-')}   EEA {d.get('eea', '-')}")
+        c.print(f"gateway   {d.get('gateway') or '-'}  role {d.get('gateway_role', '?')}"
+                f"  gas balance {d.get('gas_balance_wei', '?')} wei")
+        c.print("outbox    " + ("  ".join(f"{k} {v}" for k, v in sorted(d["outbox"].items())) or "empty"))
+        if d["oldest_pending"]:
+            o = d["oldest_pending"]
+            c.print(f"oldest    #{o['id']} {o['kind']} {o['state']} {o['settlement_id'][:18]}… "
+                    f"{o['last_error']}")
+        c.print(f"commission {d['commission_rate']} EEA units per kWh per interval, "
+                f"{len(d['storage_owners'])} storage owner(s)")
+
+    app.emit(data, human)
+
+
+# ---- balances ---------------------------------------------------------------------------
+
+@ledger.command("balances")
+@click.option("--account", default=None, help="Only this address.")
+@common_options
+def balances_cmd(app, account):
+    """WATT and escrowed EEA per account: the book, and the chain when reachable."""
+    s = _settings(app)
+    conn = _conn(app)
+    if account:
+        account = accounts.normalize_address(account)
+    rows = {}
+    for (address, asset), total in sorted(accounts.balances(conn, address=account).items()):
+        rows.setdefault(address, {"account": address, "book_watt_wh": 0, "book_eea": 0})
+        rows[address]["book_watt_wh" if asset == "WATT" else "book_eea"] = int(total)
+    if account and account not in rows:
+        rows[account] = {"account": account, "book_watt_wh": 0, "book_eea": 0}
+    grid = settlement.grid_import(conn, account)
+    for a, r in rows.items():
+        r["grid_import_wh"] = grid.get(a, 0)
+    chain_note = None
+    try:
+        chain = _chain(s)
+        chain.check()
+        for a, (w, e) in chain.balances(sorted(rows)).items():
+            rows[a]["chain_watt_wh"], rows[a]["chain_eea"] = w, e
+    except (ChainUnavailable, ValueError) as e:
+        chain_note = str(e)
+    data = {"accounts": [rows[a] for a in sorted(rows)], "chain_error": chain_note}
+    for r in data["accounts"]:  # EEA amounts exceed JSON-safe integers: strings
+        for k in ("book_eea", "chain_eea"):
+            if k in r:
+                r[k] = str(r[k])
+
+    def human(d):
+        t = Table("account", "WATT kWh (book)", "WATT kWh (chain)", "EEA (book)", "EEA (chain)",
+                  "grid import kWh")
+        for r in d["accounts"]:
+            t.add_row(r["account"], _kwh(r["book_watt_wh"]),
+                      _kwh(r["chain_watt_wh"]) if "chain_watt_wh" in r else "?",
+                      _eea(r["book_eea"]), _eea(r["chain_eea"]) if "chain_eea" in r else "?",
+                      _kwh(r["grid_import_wh"]))
+        c = _console()
+        c.print(t)
+        if d["chain_error"]:
+            c.print(f"[yellow]chain: {d['chain_error']}[/yellow]")
+
+    app.emit(data, human)
+
+
+# ---- reconcile ----------------------------------------------------------------------------
+
+@ledger.command("reconcile")
+@common_options
+@_fail_chain
+def reconcile_cmd(app):
+    """Compare chain and store; print every difference; exit 1 if there is any."""
+    from gateway.ledger.reconcile import reconcile
+
+    s = _settings(app)
+    conn = _conn(app)
+    chain = _chain(s)
+    report = reconcile(conn, chain)
+    report["watt_supply"] = str(report["watt_supply"])
+    report["escrow_total"] = str(report["escrow_total"])
+    report["in_flight"] = {k: str(v) for k, v in report["in_flight"].items()}
+
+    def human(d):
+        c = _console()
+        c.print(f"block {d['block']}: {d['applied']} settlement(s) applied, {d['pending']} pending, "
+                f"{d['accounts']} account(s), WATT supply {_kwh(int(d['watt_supply']))} kWh")
+        if d["unassigned_export_wh"] or d["unassigned_import_wh"]:
+            c.print(f"devices without an account: export {_kwh(d['unassigned_export_wh'])} kWh, "
+                    f"import {_kwh(d['unassigned_import_wh'])} kWh (not settled)")
+        for line in d["differences"]:
+            c.print(f"[red]DIFF[/red] {line}")
+        c.print("[green]clean[/green]" if not d["differences"] else
+                f"[red]{len(d['differences'])} difference(s)[/red]")
+
+    app.emit(report, human)
+    if report["differences"]:
+        sys.exit(1)
+
+
+# ---- storage owners -------------------------------------------------------------------------
+
+@ledger.group("storage")
+def storage():
+    """Storage owners: 80 % of the commission is split by their registered capacity."""
+
+
+@storage.command("set")
+@click.argument("owner")
+@click.argument("capacity_wh", type=click.IntRange(min=0))
+@common_options
+def storage_set(app, owner, capacity_wh):
+    """Register OWNER with CAPACITY_WH (0 removes it); goes to the chain through the outbox."""
+    from gateway.ledger.storage import set_capacity
+
+    s = _settings(app)
+    sid = set_capacity(_conn(app), s.community, owner, capacity_wh)
+    app.emit({"owner": accounts.normalize_address(owner), "capacity_wh": capacity_wh, "settlement_id": sid},
+             lambda d: click.echo(f"queued: {d['owner']} capacity {d['capacity_wh']} Wh ({sid})"))
+
+
+@storage.command("list")
+@common_options
+def storage_list(app):
+    conn = _conn(app)
+    owners = [{"owner": o, "capacity_wh": c} for o, c in tables.storage_owners(conn)]
+
+    def human(d):
+        t = Table("owner", "capacity kWh")
+        for r in d:
+            t.add_row(r["owner"], _kwh(r["capacity_wh"]))
+        _console().print(t)
+
+    app.emit(owners, human)
+
+
+# ---- withdraw -------------------------------------------------------------------------------
+
+@ledger.command("withdraw")
+@click.argument("account")
+@click.argument("amount", type=click.IntRange(min=1))
+@common_options
+def withdraw_cmd(app, account, amount):
+    """Pay AMOUNT escrowed EEA base units back to ACCOUNT's wallet."""
+    from gateway.ledger.storage import withdraw
+
+    s = _settings(app)
+    sid = withdraw(_conn(app), s.community, account, amount)
+    app.emit({"account": accounts.normalize_address(account), "amount": str(amount), "settlement_id": sid},
+             lambda d: click.echo(f"queued: withdraw {_eea(amount)} EEA to {d['account']} ({sid})"))
+
+
+# ---- outbox ---------------------------------------------------------------------------------
+
+@ledger.command("outbox")
+@click.option("--state", type=click.Choice(["queued", "signed", "confirmed", "rejected"]), default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=50)
+@common_options
+def outbox_cmd(app, state, limit):
+    """Intents, newest first, with their transaction."""
+    conn = _conn(app)
+    sql = ("SELECT o.id, o.settlement_id, o.kind, o.state, o.attempts, o.last_error, o.created_at, "
+           "(SELECT t.tx_hash FROM ledger_txs t WHERE t.outbox_id=o.id ORDER BY t.id DESC LIMIT 1) AS tx_hash, "
+           "(SELECT t.nonce FROM ledger_txs t WHERE t.outbox_id=o.id ORDER BY t.id DESC LIMIT 1) AS nonce, "
+           "(SELECT t.block_number FROM ledger_txs t WHERE t.outbox_id=o.id ORDER BY t.id DESC LIMIT 1) "
+           "AS block_number FROM ledger_outbox o")
+    args = []
+    if state:
+        sql += " WHERE o.state=?"
+        args.append(state)
+    sql += " ORDER BY o.id DESC LIMIT ?"
+    args.append(limit)
+    rows = [dict(r) for r in conn.execute(sql, args)]
+
+    def human(d):
+        t = Table("#", "kind", "state", "settlement id", "nonce", "block", "note")
+        for r in d:
+            t.add_row(str(r["id"]), r["kind"], r["state"], r["settlement_id"][:18] + "…",
+                      "" if r["nonce"] is None else str(r["nonce"]),
+                      "" if r["block_number"] is None else str(r["block_number"]), r["last_error"])
+        _console().print(t)
+
+    app.emit(rows, human)
+
+
+# ---- run --------------------------------------------------------------------------------------
+
+@ledger.command("run")
+@click.option("--until-idle", is_flag=True, help="Exit once the outbox is empty and all is confirmed.")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 1).")
+@common_options
+def run_cmd(app, until_idle, timeout):
+    """Settle due intervals and drive the outbox to the chain (what `egs-gw run` does for the ledger)."""
+    from gateway.ledger.runner import Runner
+
+    s = _settings(app)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runner = Runner(s, app.db_path)
+    try:
+        ok = runner.run_until(lambda: False, until_idle=until_idle, timeout=timeout)
+    except KeyboardInterrupt:
+        ok = True
+    finally:
+        runner.close()
+    if not ok:
+        raise UserError(f"outbox not drained after {timeout} s")
+
+
+__all__ = ["COMMANDS", "json", "time", "transaction"]

@@ -4,25 +4,42 @@ Producers (interval settlement, OCPP sessions, market trades) call `enqueue`
 inside the same SQLite transaction in which they record their decision, so a
 decision and its intent land together or not at all. A settlement id is the
 idempotency key end to end: enqueueing an id twice is a no-op here, and the
-contracts refuse to apply an id twice on chain.
+contract refuses to apply an id twice on chain (the call reverts).
 
-The ledger worker (gateway/ledger) takes intents in `id` order, signs each into a
-raw transaction stored with its nonce before broadcast, and marks it confirmed.
+The ledger worker (gateway/ledger/worker.py) takes intents in `id` order, signs
+each into a raw transaction that is stored with its nonce in `ledger_txs` in one
+database transaction before it is broadcast, and marks the intent confirmed once
+its transaction is deep enough. A stored raw transaction is re-broadcast after a
+crash, never re-signed with a new nonce; only when its nonce was provably used by
+another transaction is the intent signed again (and then the contract's id check
+still guarantees it applies once).
 
-Payload shapes, by kind (all amounts integers: Wh, EEA base units with 18 decimals):
-  "interval": see gateway/ledger/settlement.py
+Intent states: queued -> signed -> confirmed; `rejected` for a payload that can
+never become a valid call (kept for the operator, skipped by the worker).
+Transaction states (ledger_txs): signed -> sent -> mined -> confirmed, or
+reverted / dropped (its nonce was taken by another transaction).
+
+Payload shapes, by kind (all amounts integers: Wh, EEA base units with 18 decimals;
+gateway/ledger/intents.py maps each to its contract call):
+  "interval": {"community", "start": int, "batch": int, "records_hash": "0x…",
+               "entries": [[account, mint_wh, burn_wh, commission_eea], …]}
+               (written by gateway/ledger/settlement.py)
   "session":  {"payer", "pool", "station_owner": address, "energy_wh": int,
                "energy_eea": int, "fee_eea": int, "records_hash": "0x…"}
   "trades":   {"trades": [{"seller", "buyer": address, "wh": int, "eea": int}, …],
                "records_hash": "0x…"}
+  "storage":  {"owner": address, "capacity_wh": int}
+  "withdraw": {"account": address, "amount": int}
 """
 import json
+import time
 
 from eth_utils import keccak
 
-from gateway.db import ensure_schema
+from gateway.db import ensure_schema, transaction
 
-KINDS = ("interval", "session", "trades")
+KINDS = ("interval", "session", "trades", "storage", "withdraw")
+VERSION = 2
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ledger_outbox (
@@ -34,7 +51,40 @@ SCHEMA = [
         created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
     )""",
     "CREATE INDEX IF NOT EXISTS ledger_outbox_state ON ledger_outbox(state, id)",
+    # Version 2: the signed transactions carrying intents, one row per signature.
+    """CREATE TABLE IF NOT EXISTS ledger_txs (
+        id INTEGER PRIMARY KEY,
+        outbox_id INTEGER NOT NULL REFERENCES ledger_outbox(id),
+        sender TEXT NOT NULL,
+        nonce INTEGER NOT NULL,
+        tx_hash TEXT NOT NULL UNIQUE,
+        raw_tx TEXT NOT NULL,
+        gas_limit INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'signed',
+        block_number INTEGER,
+        block_hash TEXT,
+        gas_used INTEGER,
+        error TEXT NOT NULL DEFAULT '',
+        signed_at REAL NOT NULL,
+        sent_at REAL,
+        confirmed_at REAL
+    )""",
+    # Never two live transactions with the same nonce from one sender.
+    """CREATE UNIQUE INDEX IF NOT EXISTS ledger_txs_nonce ON ledger_txs(sender, nonce)
+        WHERE state NOT IN ('dropped', 'reverted')""",
+    "CREATE INDEX IF NOT EXISTS ledger_txs_outbox ON ledger_txs(outbox_id)",
+    "CREATE INDEX IF NOT EXISTS ledger_txs_state ON ledger_txs(state, nonce)",
 ]
+
+# Version 2 columns added to ledger_outbox (ALTER TABLE is not idempotent: see init).
+_V2_COLUMNS = {
+    "attempts": "INTEGER NOT NULL DEFAULT 0",
+    "last_error": "TEXT NOT NULL DEFAULT ''",
+    "not_before": "REAL NOT NULL DEFAULT 0",
+    "confirmed_at": "REAL",
+}
+
+LIVE_TX = ("signed", "sent", "mined")
 
 
 class OutboxError(ValueError):
@@ -42,7 +92,12 @@ class OutboxError(ValueError):
 
 
 def init(conn):
-    ensure_schema(conn, "ledger_outbox", 1, SCHEMA)
+    ensure_schema(conn, "ledger_outbox", VERSION, SCHEMA)
+    with transaction(conn):
+        have = {r[1] for r in conn.execute("PRAGMA table_info(ledger_outbox)")}
+        for name, decl in _V2_COLUMNS.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE ledger_outbox ADD COLUMN {name} {decl}")
 
 
 def settlement_id(*parts):
@@ -66,6 +121,82 @@ def enqueue(conn, kind, sid, payload):
 
 
 def pending(conn, limit=100):
+    """Intents not yet confirmed on chain (rejected ones excluded), oldest first."""
     return conn.execute(
-        "SELECT * FROM ledger_outbox WHERE state != 'confirmed' ORDER BY id LIMIT ?", (limit,)
+        "SELECT * FROM ledger_outbox WHERE state NOT IN ('confirmed', 'rejected') ORDER BY id LIMIT ?",
+        (limit,),
     ).fetchall()
+
+
+# ---- used by the worker ---------------------------------------------------------
+
+def get(conn, outbox_id):
+    return conn.execute("SELECT * FROM ledger_outbox WHERE id=?", (outbox_id,)).fetchone()
+
+
+def by_sid(conn, sid):
+    return conn.execute("SELECT * FROM ledger_outbox WHERE settlement_id=?", (sid,)).fetchone()
+
+
+def next_queued(conn):
+    """The oldest intent still waiting to be signed (rejected and confirmed ones skipped)."""
+    return conn.execute(
+        "SELECT * FROM ledger_outbox WHERE state='queued' ORDER BY id LIMIT 1").fetchone()
+
+
+def live_txs(conn, sender):
+    """Transactions broadcast or about to be, lowest nonce first."""
+    marks = ",".join("?" * len(LIVE_TX))
+    return conn.execute(
+        f"SELECT t.*, o.settlement_id, o.kind FROM ledger_txs t JOIN ledger_outbox o ON o.id=t.outbox_id "
+        f"WHERE t.sender=? AND t.state IN ({marks}) ORDER BY t.nonce", (sender, *LIVE_TX)).fetchall()
+
+
+def max_nonce(conn, sender):
+    """Highest nonce this sender has a live or confirmed transaction for, or None."""
+    row = conn.execute(
+        "SELECT MAX(nonce) FROM ledger_txs WHERE sender=? AND state NOT IN ('dropped', 'reverted')",
+        (sender,)).fetchone()
+    return row[0]
+
+
+def record_signed(conn, outbox_id, sender, nonce, tx_hash, raw_tx, gas_limit):
+    """Store a signed transaction and move its intent to `signed`; caller's transaction."""
+    conn.execute(
+        "INSERT INTO ledger_txs(outbox_id, sender, nonce, tx_hash, raw_tx, gas_limit, signed_at) "
+        "VALUES(?, ?, ?, ?, ?, ?, ?)",
+        (outbox_id, sender, nonce, tx_hash, raw_tx, gas_limit, time.time()))
+    conn.execute("UPDATE ledger_outbox SET state='signed', attempts=attempts+1 WHERE id=?", (outbox_id,))
+
+
+def tx_state(conn, tx_id, state, **fields):
+    sets = ["state=?"] + [f"{k}=?" for k in fields]
+    conn.execute(f"UPDATE ledger_txs SET {', '.join(sets)} WHERE id=?", (state, *fields.values(), tx_id))
+
+
+def confirm(conn, outbox_id, note=""):
+    conn.execute(
+        "UPDATE ledger_outbox SET state='confirmed', confirmed_at=?, last_error=? WHERE id=?",
+        (time.time(), note, outbox_id))
+
+
+def requeue(conn, outbox_id, error, delay_s=0.0):
+    """Back to `queued` to be signed again with a new nonce (its old one is gone)."""
+    conn.execute(
+        "UPDATE ledger_outbox SET state='queued', last_error=?, not_before=? WHERE id=?",
+        (str(error)[:500], time.time() + delay_s, outbox_id))
+
+
+def reject(conn, outbox_id, error):
+    conn.execute("UPDATE ledger_outbox SET state='rejected', last_error=? WHERE id=?",
+                 (str(error)[:500], outbox_id))
+
+
+def note_error(conn, outbox_id, error):
+    conn.execute("UPDATE ledger_outbox SET last_error=? WHERE id=?", (str(error)[:500], outbox_id))
+
+
+def counts(conn):
+    """{state: n} over all intents."""
+    return {r[0]: r[1] for r in conn.execute(
+        "SELECT state, COUNT(*) FROM ledger_outbox GROUP BY state")}

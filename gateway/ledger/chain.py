@@ -1,0 +1,180 @@
+"""The gateway's view of the chain: web3 over JSON-RPC (HTTP), the two contracts.
+
+Only this module talks JSON-RPC. Every failure to reach the node (refused,
+timed out, a broken response) surfaces as `ChainUnavailable`, which callers
+treat as "try again later": intents stay in the outbox, nothing is lost.
+Contract ABIs and bytecode come from the committed build in contracts/build/.
+"""
+import json
+from functools import cached_property
+from pathlib import Path
+
+import requests
+from web3 import HTTPProvider, Web3
+from web3.exceptions import ProviderConnectionError, TransactionNotFound, Web3RPCError
+
+BUILD = Path(__file__).resolve().parents[2] / "contracts" / "build"
+EEA_SUPPLY = 700_000_000 * 10**18
+
+
+class ChainUnavailable(ConnectionError):
+    pass
+
+
+class ChainError(ValueError):
+    """The node answered, but with something we cannot work with (wrong chain id, no code)."""
+
+
+def artifact(name):
+    path = BUILD / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ChainError(f"no contract build at {path}: run `python contracts/build.py`") from None
+
+
+_UNREACHABLE = (requests.RequestException, ProviderConnectionError, ConnectionError, TimeoutError)
+
+
+def _hex(value):
+    """0x-prefixed lower-case hex of bytes / HexBytes / str."""
+    if isinstance(value, str):
+        return value if value.startswith("0x") else "0x" + value
+    return "0x" + bytes(value).hex()
+
+
+class Chain:
+    """A JSON-RPC endpoint plus (optionally) the deployed WATT and EEA contracts."""
+
+    def __init__(self, rpc_url, chain_id, deployment=None, timeout_s=10.0):
+        self.rpc_url = rpc_url
+        self.chain_id = chain_id
+        self.deployment = deployment or {}
+        self.w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+        self._checked = False
+
+    @classmethod
+    def from_settings(cls, settings, with_contracts=True):
+        return cls(settings.rpc_url, settings.chain_id,
+                   settings.deployment() if with_contracts else None, settings.rpc_timeout_s)
+
+    # ---- plumbing ----------------------------------------------------------------
+
+    def call(self, fn, *args, **kwargs):
+        """Run a web3 call, turning every 'node not reachable' into ChainUnavailable."""
+        try:
+            return fn(*args, **kwargs)
+        except _UNREACHABLE as e:
+            raise ChainUnavailable(f"chain not reachable at {self.rpc_url}: {type(e).__name__}") from None
+
+    def check(self):
+        """The node is the configured chain and the contracts have code there."""
+        if self._checked:
+            return
+        got = self.call(lambda: self.w3.eth.chain_id)
+        if got != self.chain_id:
+            raise ChainError(f"node at {self.rpc_url} is chain {got}, configured ledger.chain_id is {self.chain_id}")
+        for key in ("watt", "eea"):
+            addr = self.deployment.get(key)
+            if addr and not self.call(self.w3.eth.get_code, Web3.to_checksum_address(addr)):
+                raise ChainError(f"no contract code at the {key.upper()} address {addr} on chain {got}")
+        self._checked = True
+
+    @cached_property
+    def watt(self):
+        return self.contract("WATT", self.deployment["watt"])
+
+    @cached_property
+    def eea(self):
+        return self.contract("EEA", self.deployment["eea"])
+
+    def contract(self, name, address):
+        return self.w3.eth.contract(address=Web3.to_checksum_address(address), abi=artifact(name)["abi"])
+
+    # ---- reads ---------------------------------------------------------------------
+
+    def block_number(self):
+        return self.call(lambda: self.w3.eth.block_number)
+
+    def nonce(self, address, block="pending"):
+        return self.call(self.w3.eth.get_transaction_count, Web3.to_checksum_address(address), block)
+
+    def native_balance(self, address):
+        return self.call(self.w3.eth.get_balance, Web3.to_checksum_address(address))
+
+    def receipt(self, tx_hash):
+        try:
+            return self.call(self.w3.eth.get_transaction_receipt, tx_hash)
+        except TransactionNotFound:
+            return None
+
+    def known(self, tx_hash):
+        """True if the node has the transaction (in its pool or in a block)."""
+        try:
+            self.call(self.w3.eth.get_transaction, tx_hash)
+            return True
+        except TransactionNotFound:
+            return False
+
+    def block_hash(self, number):
+        block = self.call(self.w3.eth.get_block, number)
+        return _hex(block["hash"])
+
+    def fees(self, max_fee_wei):
+        """Fee fields for a new transaction: EIP-1559 when the chain has a base fee."""
+        block = self.call(self.w3.eth.get_block, "latest")
+        base = block.get("baseFeePerGas")
+        if base is None:
+            return {"gasPrice": min(self.call(lambda: self.w3.eth.gas_price), max_fee_wei)}
+        try:
+            tip = self.call(lambda: self.w3.eth.max_priority_fee)
+        except Web3RPCError:
+            tip = 10**9
+        tip = min(tip, max_fee_wei)
+        return {"maxFeePerGas": max(min(2 * base + tip, max_fee_wei), tip),
+                "maxPriorityFeePerGas": tip, "type": 2}
+
+    def applied(self, sid, block="latest"):
+        return self.call(self.watt.functions.applied(_b32(sid)).call, block_identifier=block)
+
+    def is_gateway(self, address):
+        return self.call(self.watt.functions.isGateway(Web3.to_checksum_address(address)).call)
+
+    def balances(self, accounts, block="latest", chunk=1000):
+        """{address: (watt_wh, escrow_eea)} for many accounts, 1000 per call."""
+        out = {}
+        accounts = list(accounts)
+        for i in range(0, len(accounts), chunk):
+            part = accounts[i:i + chunk]
+            watt, escrow = self.call(
+                self.watt.functions.balancesOf([Web3.to_checksum_address(a) for a in part]).call,
+                block_identifier=block)
+            for a, w, e in zip(part, watt, escrow):
+                out[a] = (w, e)
+        return out
+
+    def events(self, contract, name, from_block, to_block, step=5000):
+        """Decoded logs of one event over a block range, in chain order."""
+        ev = getattr(contract.events, name)
+        out = []
+        start = from_block
+        while start <= to_block:
+            end = min(start + step - 1, to_block)
+            out.extend(self.call(ev.get_logs, from_block=start, to_block=end))
+            start = end + 1
+        return out
+
+    # ---- writes ----------------------------------------------------------------------
+
+    def send_raw(self, raw_hex):
+        """Broadcast; returns None or the node's error message (the node did answer)."""
+        try:
+            self.call(self.w3.eth.send_raw_transaction, raw_hex)
+            return None
+        except Web3RPCError as e:
+            message = e.rpc_response.get("error", {}).get("message") if e.rpc_response else None
+            return message or str(e)
+
+
+def _b32(sid):
+    return bytes.fromhex(sid[2:]) if isinstance(sid, str) else bytes(sid)
