@@ -371,7 +371,7 @@ def test_market_settings_are_validated():
     from gateway.config import ConfigError
     from gateway.market.settings import validate
     base = {"bmax_wh": 8000, "interval_s": 900, "settle_delay_s": 0, "settle_batch": 200,
-            "poll_s": 2.0, "session_max_price": ""}
+            "poll_s": 2.0, "session_max_price": "", "price_sessions": True}
     validate({"market": base})
     for key, bad in (("bmax_wh", -1), ("interval_s", 7), ("settle_batch", 0),
                      ("settle_batch", 1000), ("poll_s", 0), ("session_max_price", "free"),

@@ -14,6 +14,7 @@ what unsettled trades already promised:
   headroom  = B_max − WATT balance − WATT bought in unsettled trades
 Trades settle per interval (settlement.py), which moves them into the balance book.
 """
+import sqlite3
 import time
 
 from gateway import accounts
@@ -83,21 +84,27 @@ class SqlBalances:
 
 
 class _Tx:
-    """BEGIN IMMEDIATE … COMMIT, or nothing when the caller already holds a transaction."""
+    """BEGIN IMMEDIATE … COMMIT; inside a caller's transaction a savepoint instead, so a
+    failed market operation leaves the caller's transaction as it was."""
 
     def __init__(self, conn):
         self.conn = conn
         self.inner = None
 
     def __enter__(self):
-        if not self.conn.in_transaction:
+        if self.conn.in_transaction:
+            self.conn.execute("SAVEPOINT market_op")
+        else:
             self.inner = transaction(self.conn)
             self.inner.__enter__()
         return self.conn
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         if self.inner is not None:
-            return self.inner.__exit__(*exc)
+            return self.inner.__exit__(exc_type, exc, tb)
+        if exc_type is not None:
+            self.conn.execute("ROLLBACK TO market_op")
+        self.conn.execute("RELEASE market_op")
         return False
 
 
@@ -397,7 +404,8 @@ def market_buy_for_session(conn, community, account, wh, *, ref, max_price=None,
     return market.session_buy(account, wh, ref, max_price=max_price)
 
 
-def session_price_source(community, pool, fallback_price, settings=None, clock=time.time):
+def session_price_source(community, pool, fallback_price, settings=None, clock=time.time,
+                         log=None):
     """A price source for ocpp_cs.store.settle that buys each session's energy at the market.
 
     f(conn, tx, energy_wh) -> EEA base units per kWh. The community's energy pool
@@ -406,14 +414,22 @@ def session_price_source(community, pool, fallback_price, settings=None, clock=t
     EV pay the pool what the fills cost (rounded up), with any unfilled rest at
     `fallback_price`. So ocpp_cs's own entries — EV pays energy to the pool, the
     pool's WATT for the energy is burned — stay correct unchanged. The pool needs
-    EEA to pay sellers before the EV reimburses it in the same transaction.
+    EEA to pay sellers before the EV reimburses it in the same transaction; what it
+    cannot pay for is billed at `fallback_price` (as is everything if the market
+    fails: a charging session is always billed).
     """
     def price_source(conn, tx, energy_wh):
         if energy_wh <= 0:
             return fallback_price
         ref = f"{tx['charger_id']}:{tx['id']}"
-        r = market_buy_for_session(conn, community, pool, energy_wh, ref=ref,
-                                   settings=settings, clock=clock)
+        try:
+            r = market_buy_for_session(conn, community, pool, energy_wh, ref=ref,
+                                       settings=settings, clock=clock)
+        except (ValueError, sqlite3.Error) as e:
+            # The market must not stop a session from being billed: configured price.
+            if log is not None:
+                log.warning("market buy for session %s failed, configured price used: %s", ref, e)
+            return fallback_price
         total = r["eea"] * 1000 + r["unfilled_wh"] * fallback_price
         return -(-total // energy_wh)
     return price_source

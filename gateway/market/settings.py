@@ -25,6 +25,9 @@ section("market", {
     "poll_s": (float, 2.0),
     # Highest price a charging session's market buy pays ("" = any price).
     "session_max_price": (str, ""),
+    # `egs-gw run`: charging sessions buy their energy at the market (the [ocpp]
+    # energy pool buys, the EV reimburses it); off = [ocpp] price_per_kwh.
+    "price_sessions": (bool, True),
 })
 
 MAX_SETTLE_BATCH = 256
@@ -41,6 +44,8 @@ def _decimal(text, what):
         raise UnitError(f"not a {what}: {text!r}") from None
     if not d.is_finite():
         raise UnitError(f"not a {what}: {text!r}")
+    if d and d.adjusted() > 40:  # far beyond any real amount; never build a giant integer
+        raise UnitError(f"{what} too large: {text!r}")
     return d
 
 
@@ -57,7 +62,7 @@ def parse_price(value):
             if d != d.to_integral_value():
                 raise UnitError(f"{value!r} has more than {EEA_DECIMALS} decimals")
             units = int(d)
-        elif text.isdigit():
+        elif text.isdigit() and len(text) <= 40:
             units = int(text)
         else:
             raise UnitError(f"not a price: {value!r} (base units per kWh as digits, "
@@ -83,7 +88,7 @@ def parse_wh(value):
         else:
             if text.endswith("wh"):
                 text = text[:-2].strip()
-            if not text.isdigit():
+            if not text.isdigit() or len(text) > 40:
                 raise UnitError(f"not an energy quantity: {value!r} (Wh, or '1.5 kWh')")
             wh = int(text)
     if wh <= 0:
