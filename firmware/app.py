@@ -19,6 +19,7 @@ A record is deleted from flash only after the gateway's `.../ack`, never on PUBA
 Schedule: readings at multiples of interval_s since the epoch and at every quarter hour
 (the settlement interval), whichever comes first; interval_s may be fractional for tests.
 """
+import gc
 import json
 
 from firmware import meters, modbus
@@ -105,7 +106,12 @@ class App:
         self.due = next_due(hal.time_ms(), self.interval_ms)
         self.reboot_requested = False
         self.stopped = False
+        self.heap_free = self.heap_min_free = None
+        self.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
+        self.ack_progress = hal.ticks_ms()   # when the gateway's ack last moved
         self.started_ms = hal.ticks_ms()
+        self.ota_status = None           # OTA (issue 9): see _ota()
+        self.ota_job = None
 
     def _last_body(self):
         # the newest record, for the meter serial it was signed with
@@ -190,6 +196,8 @@ class App:
             self.hal.log("flash log append failed: %r" % (e,))
             return False
         self.seq.used(seq)
+        if self.ota_status is not None and not self.ota_status["confirmed"]:
+            self._ota_confirm()          # OTA: the first signed reading confirms a new version
         self.serial_of_last = serial
         self.counters["readings"] += 1
         self.last_reading = (seq, imp, exp)
@@ -220,6 +228,8 @@ class App:
             "faults": self.faults, "meter_fault": self.meter_fault,
             "seq": self.log.last_seq or 0, "acked": self.log.acked,
             "interval_s": self.interval_ms / 1000,
+            "heap": {"free": self.heap_free, "min_free": self.heap_min_free},
+            "ota": self.ota_status or {},
         }
 
     # ------------------------------------------------------------------ messages
@@ -234,6 +244,7 @@ class App:
                 self._bad("ack", payload)
                 return
             if self.log.ack(seq):
+                self.ack_progress = self.hal.ticks_ms()
                 self.status_dirty = self.status_dirty or self.log.depth() == 0
             if self.log.acked > self.sent:
                 self.sent = self.log.acked
@@ -259,6 +270,9 @@ class App:
             self.set_interval(s)
         elif cmd == "reboot":
             self.reboot_requested = True
+        elif cmd == "update":            # OTA: carried out by step(), not in the callback
+            self.ota_job = msg
+            self.status_dirty = True
         else:
             self._bad("cmd", payload)
 
@@ -300,6 +314,7 @@ class App:
                 self.counters["reconnects"] += 1
             self.connected_once = True
             self.sent = self.log.acked        # replay everything not acknowledged
+            self.ack_progress = now
             self.status_dirty = True
             self.hal.log("mqtt connected to %s:%d" % (self.cfg["broker"]["host"],
                                                      self.cfg["broker"]["port"]))
@@ -310,10 +325,20 @@ class App:
                 c.publish(self.t_status, json.dumps(self.status()), 1, True)
                 self.status_dirty = False
                 self.status_due = self.hal.ticks_add(now, self.status_ms)
+            if self.sent > self.log.acked and not c.inflight and \
+                    self.hal.ticks_diff(now, self.ack_progress) > self.ack_timeout_ms:
+                # everything went out and was PUBACKed, yet the gateway has not confirmed
+                # it (it lost messages, or restarted): send the unconfirmed part again
+                self.hal.log("no ack above %d for %d ms: resending"
+                             % (self.log.acked, self.ack_timeout_ms))
+                self.sent = self.log.acked
+                self.ack_progress = now
             while c.connected and c.can_publish():
                 rec = self.log.next_after(self.sent)
                 if rec is None:
                     break
+                if self.sent <= self.log.acked:
+                    self.ack_progress = now       # the first record awaiting an ack
                 c.publish(self.t_ocmf, rec[1], 1, False)
                 self.sent = rec[0]
         except (OSError, MQTTError) as e:
@@ -347,6 +372,52 @@ class App:
                 self.counters["log_errors"] += 1
                 hal.log("reading cycle failed: %r" % (e,))
             self.due = next_due(hal.time_ms(), self.interval_ms)
+            gc.collect()            # once per reading: short pauses, less fragmentation
+            free = gc.mem_free()
+            self.heap_free = free
+            if self.heap_min_free is None or free < self.heap_min_free:
+                self.heap_min_free = free
         self.network()
+        if self.ota_status is None or self.ota_job is not None:
+            self._ota()
         wait = self.due - hal.time_ms()
         return 0 if wait < 0 else (50 if wait > 50 else wait)
+
+    # ------------------------------------------------------------------ OTA (issue 9)
+    # The update code (firmware/ota.py, firmware/bundle.py) is imported only while an
+    # update runs, and the slot bookkeeping (firmware/boot_select.py) only for a moment:
+    # the heap has no room to keep them loaded.
+    def _ota(self):
+        root = getattr(self.hal, "state_dir", "")
+        if self.ota_status is None:
+            from firmware import boot_select
+
+            self.ota_status = boot_select.status(root)
+            unload("firmware.boot_select")
+            self.status_dirty = True
+        msg, self.ota_job = self.ota_job, None
+        if msg is None:
+            return
+        self.ota_status["state"] = "downloading"
+        self.status_dirty = True
+        self.network()
+        from firmware import ota
+
+        ota.run(self.hal, FW_VERSION, msg, self.ota_status,
+                before_reset=lambda: self.shutdown("update"))
+        unload("firmware.ota", "firmware.bundle", "firmware.boot_select")
+        self.status_dirty = True
+
+    def _ota_confirm(self):
+        from firmware import boot_select
+
+        if boot_select.confirm(getattr(self.hal, "state_dir", "")):
+            self.hal.log("version %s confirmed" % FW_VERSION)
+            if self.hal.name == "esp32":
+                from firmware.hal import esp32_ota
+
+                esp32_ota.confirm()
+        self.ota_status["confirmed"] = True
+        self.ota_status["state"] = "confirmed"
+        unload("firmware.boot_select")
+        self.status_dirty = True
