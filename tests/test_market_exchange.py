@@ -3,6 +3,9 @@ import json
 import random
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from gateway import accounts, db
 from gateway.ledger import outbox
@@ -398,3 +401,55 @@ def test_market_rejects_wrong_use_of_session_buy(conn):
     m = Market(conn, "c1", settings())
     with pytest.raises(OrderError):
         m.session_buy(addr(1), 100, ref="")
+
+
+# ---- journal replay, as a property -------------------------------------------------------
+
+OWNERS = [addr(i) for i in range(1, 5)]
+store_ops = st.lists(st.one_of(
+    st.tuples(st.just("limit"), st.sampled_from(OWNERS), st.sampled_from([BUY, SELL]),
+              st.integers(95, 105).map(lambda x: x * 10**16), st.integers(1, 500)),
+    st.tuples(st.just("market"), st.sampled_from(OWNERS), st.integers(1, 700)),
+    st.tuples(st.just("cancel"), st.integers(0, 50)),
+    st.tuples(st.just("amend"), st.integers(0, 50), st.integers(95, 105).map(lambda x: x * 10**16)),
+    st.tuples(st.just("credit"), st.sampled_from(OWNERS), st.integers(0, 600),
+              st.integers(0, EEA // 20)),
+    st.tuples(st.just("settle")),
+), max_size=30)
+
+
+@hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(store_ops)
+def test_journal_replay_rebuilds_the_live_book(ops):
+    conn = open_store(":memory:")
+    clock = Clock()
+    m = market(conn, clock=clock, bmax_wh=2000)
+    for i, o in enumerate(OWNERS):
+        credit(conn, o, watt=[0, 300, 1500, 0][i], eea=[EEA // 10, 0, EEA // 100, EEA][i])
+    n = 0
+    for op in ops:
+        if op[0] == "limit":
+            m.place(op[1], op[2], op[4], op[3])
+        elif op[0] == "market":
+            m.place(op[1], BUY, op[2])
+        elif op[0] in ("cancel", "amend"):
+            m.refresh()
+            ids = sorted(m.book.orders)
+            if ids:
+                oid = ids[op[1] % len(ids)]
+                if op[0] == "cancel":
+                    m.cancel(oid)
+                else:
+                    m.amend(oid, price=op[2])
+        elif op[0] == "credit":
+            n += 1
+            if op[2] or op[3]:
+                credit(conn, op[1], watt=op[2], eea=op[3], ref=f"c{n}")
+            m.refresh()
+        else:
+            clock.t += 900
+            m.settle()
+    m.refresh()
+    live, replayed, loaded = snapshot_three_ways(conn, m)
+    assert live == replayed == loaded
+    conn.close()

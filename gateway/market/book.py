@@ -155,53 +155,75 @@ class MemoryBalances:
     balance change does (and then the book is told with `rematch`).
     """
 
+    # per owner: [WATT, EEA, WATT sold, WATT bought, EEA paid, EEA received] (unsettled)
     def __init__(self, watt=None, eea=None, bmax=None):
-        self.watt = dict(watt or {})
-        self.eea = dict(eea or {})
         self.bmax = bmax  # None = no cap
-        self.out_wh = {}
-        self.in_wh = {}
-        self.out_eea = {}
-        self.in_eea = {}
+        self._rec = {}
+        for owner, wh in (watt or {}).items():
+            self._r(owner)[0] = wh
+        for owner, units in (eea or {}).items():
+            self._r(owner)[1] = units
+
+    def _r(self, owner):
+        r = self._rec.get(owner)
+        if r is None:
+            r = self._rec[owner] = [0, 0, 0, 0, 0, 0]
+        return r
+
+    def _column(self, i):
+        return {o: r[i] for o, r in self._rec.items() if r[i] or i < 2}
+
+    watt = property(lambda self: self._column(0))
+    eea = property(lambda self: self._column(1))
+    out_wh = property(lambda self: self._column(2))
+    in_wh = property(lambda self: self._column(3))
+    out_eea = property(lambda self: self._column(4))
+    in_eea = property(lambda self: self._column(5))
 
     def sellable(self, owner):
-        return self.watt.get(owner, 0) - self.out_wh.get(owner, 0)
+        r = self._rec.get(owner)
+        return r[0] - r[2] if r else 0
 
     def spendable(self, owner):
-        return self.eea.get(owner, 0) - self.out_eea.get(owner, 0)
+        r = self._rec.get(owner)
+        return r[1] - r[4] if r else 0
 
     def headroom(self, owner):
         if self.bmax is None:
             return 1 << 62
-        return self.bmax - self.watt.get(owner, 0) - self.in_wh.get(owner, 0)
+        r = self._rec.get(owner)
+        return self.bmax - r[0] - r[3] if r else self.bmax
 
     def stored(self, owner):
         """WATT the owner will hold once his unsettled trades settle."""
-        return self.watt.get(owner, 0) - self.out_wh.get(owner, 0) + self.in_wh.get(owner, 0)
+        r = self._rec.get(owner)
+        return r[0] - r[2] + r[3] if r else 0
 
     def apply(self, seller, buyer, wh, eea):
-        self.out_wh[seller] = self.out_wh.get(seller, 0) + wh
-        self.in_wh[buyer] = self.in_wh.get(buyer, 0) + wh
-        self.out_eea[buyer] = self.out_eea.get(buyer, 0) + eea
-        self.in_eea[seller] = self.in_eea.get(seller, 0) + eea
+        s = self._r(seller)
+        s[2] += wh
+        s[5] += eea
+        b = self._r(buyer)
+        b[3] += wh
+        b[4] += eea
 
     def settle(self):
         """Move every unsettled trade into the balances; the owners that changed."""
         changed = set()
-        for pend, bal, sign in ((self.out_wh, self.watt, -1), (self.in_wh, self.watt, 1),
-                                (self.out_eea, self.eea, -1), (self.in_eea, self.eea, 1)):
-            for owner, amount in pend.items():
-                if amount:
-                    bal[owner] = bal.get(owner, 0) + sign * amount
-                    changed.add(owner)
-            pend.clear()
+        for owner, r in self._rec.items():
+            if r[2] or r[3] or r[4] or r[5]:
+                r[0] += r[3] - r[2]
+                r[1] += r[5] - r[4]
+                r[2] = r[3] = r[4] = r[5] = 0
+                changed.add(owner)
         return changed
 
     def set(self, owner, watt=None, eea=None):
+        r = self._r(owner)
         if watt is not None:
-            self.watt[owner] = watt
+            r[0] = watt
         if eea is not None:
-            self.eea[owner] = eea
+            r[1] = eea
 
 
 def check_amount(value, what):
@@ -589,6 +611,8 @@ class Book:
 
     def _cleanup(self):
         """Drop emptied levels and dead heads of the levels an operation touched."""
+        if not self._touched:
+            return
         for lvl in self._touched:
             orders = lvl.orders
             if lvl.live == 0:

@@ -18,7 +18,7 @@ import sqlite3
 
 from gateway import accounts, db
 from gateway.market.exchange import Market, session_price_source
-from gateway.market.settings import format_price, parse_price, validate
+from gateway.market.settings import format_price, market_settings, parse_price, validate
 
 
 def install_price_hook(ctx, settings, log):
@@ -49,7 +49,7 @@ def _cycle(market):
 
 
 async def run(ctx):
-    settings = validate(ctx.config)
+    settings = validate(ctx.config) if "market" in ctx.config else market_settings()
     log = ctx.log.getChild("market")
     conn = db.connect(ctx.db_path)
     try:
