@@ -119,7 +119,9 @@ class Market:
         self.balances = SqlBalances(conn, self.settings["bmax_wh"])
         self.book = None
         self.seq = 0
-        self.balance_seen = 0
+        # The last balance entry this process's book has reacted to (parked orders are
+        # only valid up to it); None right after loading, when nothing is parked.
+        self.balance_seen = None
         if not conn.in_transaction:
             for init in (accounts.init, outbox.init, journal.init):
                 init(conn)
@@ -166,7 +168,7 @@ class Market:
                 self.book.next_id = max(self.book.next_id, journal.next_order_id(self.conn))
                 return
         self.book, self.seq = journal.load(self.conn, self.community, self.balances)
-        self.balance_seen = 0  # parked state starts empty: nothing to unpark
+        self.balance_seen = None  # nothing parked yet: only changes the store has not seen
 
     def _now(self):
         return float(self.clock())
@@ -195,7 +197,7 @@ class Market:
         row = self.conn.execute(
             "SELECT balance_seen FROM market_state WHERE community=?", (self.community,)).fetchone()
         shared = row[0] if row else 0
-        since = min(shared, self.balance_seen)
+        since = shared if self.balance_seen is None else min(shared, self.balance_seen)
         top = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM balance_entries").fetchone()[0]
         if top > since:
             changed = {r[0] for r in self.conn.execute(
