@@ -417,7 +417,9 @@ class App:
                 from firmware.hal import esp32_ota
 
                 esp32_ota.confirm()
-        self.ota_status["confirmed"] = True
-        self.ota_status["state"] = "confirmed"
+        st = self.ota_status or {}
+        st["confirmed"] = True
+        st["state"] = "confirmed"
+        self.ota_status = st
         unload("firmware.boot_select")
         self.status_dirty = True

@@ -123,6 +123,16 @@ def confirm(root):
     return True
 
 
+def status(root):
+    """The "ota" part of the device's status message at boot."""
+    state = load(root)
+    slot, confirmed = running(root)
+    out = {"state": "idle", "slot": slot, "confirmed": confirmed}
+    if state.get("rolled_back"):
+        out["rolled_back"] = state["rolled_back"]
+    return out
+
+
 def version_of(root, slot):
     """The version in a slot's manifest, or None."""
     try:

@@ -18,8 +18,8 @@ and the device, from its main loop (never inside the MQTT callback):
    release cannot be replayed to downgrade a device);
 3. unpacks it into the slot that is not running (firmware/boot_select.py: A/B), while
    checking, then marks that slot pending and resets. The running slot is never written.
-4. The new version gets one boot: after its first signed reading it confirms itself
-   (`reading_signed`); a crash, hang, power cut or meter-less boot before that rolls
+4. The new version gets one boot: after its first signed reading the application
+   confirms it (boot_select.confirm, from firmware/app.py); a crash, hang, power cut or meter-less boot before that rolls
    back to the old slot on the next start.
 The flash log, the sequence counter, the key and the configuration live outside the
 slots, so every update and rollback keeps them.
@@ -35,7 +35,7 @@ import os
 
 from firmware import boot_select, bundle
 
-CHUNK = 8192
+CHUNK = 4096
 RETRIES = 3
 MAX_BUNDLE = 256 * 1024
 STAGING = "ota.tar"
@@ -44,14 +44,6 @@ KEY_FILE = "release.pub"
 
 class OtaError(Exception):
     pass
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
 
 
 def _remove_tree(path):
@@ -90,207 +82,157 @@ def parse_url(url):
     return host, port, path
 
 
-def _read_response(sock, limit):
-    """(status, headers dict, body) of an HTTP/1.0 response, body at most `limit` bytes."""
+def _read_head(sock):
+    """(status, rest of the bytes already received) after reading an HTTP/1.0 head."""
     data = b""
     while b"\r\n\r\n" not in data:
-        part = sock.recv(512)
+        part = sock.recv(256)
         if not part:
             raise OtaError("connection closed in HTTP headers")
         data += part
         if len(data) > 4096:
             raise OtaError("HTTP headers too long")
     head, body = data.split(b"\r\n\r\n", 1)
-    lines = head.decode().split("\r\n")
-    parts = lines[0].split(" ")
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
     if len(parts) < 2 or not parts[1].isdigit():
         raise OtaError("bad HTTP status line")
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-    while len(body) < limit:
-        part = sock.recv(limit - len(body) if limit - len(body) < 2048 else 2048)
-        if not part:
-            break
-        body += part
-    return int(parts[1]), headers, body
+    return int(parts[1]), body
 
 
-class Updater:
-    """The update state machine of one device; `root` holds slots, boot.json, release.pub."""
+def _root(hal):
+    return getattr(hal, "state_dir", "")
 
-    def __init__(self, hal, fw_version, root=None):
-        self.hal = hal
-        self.fw_version = fw_version
-        self.root = getattr(hal, "state_dir", "") if root is None else root
-        self.job = None
-        self.state = "idle"
-        self.error = None
-        self.target = None
-        self.slot, self.confirmed = boot_select.running(self.root)
-        self.rolled_back = boot_select.load(self.root).get("rolled_back")
-        staging = self._path(STAGING)
-        if _exists(staging):                      # an update cut short by a reset
-            try:
-                os.remove(staging)
-            except OSError:
-                pass
 
-    def _path(self, name):
-        return boot_select._path(self.root, name)
+def release_key(root):
+    """The release public key installed with the device (<root>/release.pub), or None."""
+    try:
+        with open(boot_select._path(root, KEY_FILE)) as f:
+            pub = bytes.fromhex(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return pub if len(pub) == 65 else None
 
-    def release_key(self):
-        try:
-            with open(self._path(KEY_FILE)) as f:
-                pub = bytes.fromhex(f.read().strip())
-        except (OSError, ValueError):
-            return None
-        return pub if len(pub) == 65 else None
 
-    # ------------------------------------------------------------------ commands
-    def command(self, msg):
-        """Accept an {"cmd": "update", ...} message; False when it is malformed."""
-        url = msg.get("url")
-        version = msg.get("version")
-        size = msg.get("size")
-        try:
-            parse_url(url)
-        except OtaError:
-            return False
-        if not isinstance(version, str) or bundle.parse_version(version) is None:
-            return False
-        if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_BUNDLE:
-            return False
-        if self.job is not None and self.job["version"] == version:
-            return True
-        self.job = {"url": url, "version": version, "size": size}
-        self.state = "queued"
-        self.error = None
-        self.target = version
-        return True
+def check_command(msg):
+    """The job of an {"cmd": "update", ...} message; OtaError when malformed."""
+    if not isinstance(msg, dict):
+        raise OtaError("update command is not an object")
+    url, version, size = msg.get("url"), msg.get("version"), msg.get("size")
+    parse_url(url)
+    if not isinstance(version, str) or bundle.parse_version(version) is None:
+        raise OtaError("bad version in update command")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_BUNDLE:
+        raise OtaError("bad size in update command")
+    return {"url": url, "version": version, "size": size}
 
-    def status(self):
-        out = {"state": self.state, "slot": self.slot, "confirmed": self.confirmed}
-        if self.target:
-            out["target"] = self.target
-        if self.error:
-            out["error"] = self.error
-        if self.rolled_back:
-            out["rolled_back"] = self.rolled_back
-        return out
 
-    # ------------------------------------------------------------------ the update
-    def run(self, before_reset=None):
-        """Carry out the queued job. On success stages the new slot and resets (does not
-        return on the ESP32; raises SystemExit(RESTART_EXIT) on unix). On failure records
-        the error and returns False; the running version is untouched."""
-        job = self.job
-        if job is None:
-            return False
-        self.job = None
-        staging = self._path(STAGING)
-        try:
-            if not self.confirmed:
-                raise OtaError("running version not confirmed yet")
-            if job["version"] == self.fw_version or not newer(job["version"], self.fw_version):
-                raise OtaError("version %s is not newer than %s" % (job["version"],
-                                                                    self.fw_version))
-            pub = self.release_key()
-            if pub is None:
-                raise OtaError("no release key installed")
-            self.state = "downloading"
-            self.download(job, staging)
-            self.state = "installing"
-            slot = boot_select.other(self.slot)
-            dest = boot_select.slot_dir(self.root, slot)
-            _remove_tree(dest)
-            os.mkdir(dest)
-            with open(staging, "rb") as f:
-                m = bundle.install(f, pub, dest)
-            if m["version"] != job["version"]:
-                raise OtaError("bundle is version %s, offered as %s" % (m["version"],
-                                                                        job["version"]))
-            if m.get("port") != getattr(self.hal, "name", None):
-                raise OtaError("bundle is for port %s" % m.get("port"))
-            boot_select.stage(self.root, slot)
-        except (OtaError, bundle.BundleError, OSError, ValueError, KeyError) as e:
-            self.state = "failed"
-            self.error = str(e) or type(e).__name__
-            self.hal.log("update to %s refused: %s" % (job["version"], self.error))
-            try:
-                os.remove(staging)
-            except OSError:
-                pass
-            return False
-        try:
-            os.remove(staging)
-        except OSError:
-            pass
-        self.state = "restarting"
-        self.hal.log("update %s staged in slot %s; restarting" % (job["version"], slot))
-        if before_reset is not None:
-            before_reset()
-        self.reset()
-        return True
+def run(hal, fw_version, msg, status, before_reset=None):
+    """Carry out one update command. `status` (the "ota" dict of the status message) is
+    updated in place. On success the new slot is staged and the device resets (no return
+    on the ESP32; SystemExit(RESTART_EXIT) on unix). On failure returns False with
+    status["state"] == "failed" and the reason in status["error"]; the running version
+    and its slot are untouched."""
+    root = _root(hal)
+    staging = boot_select._path(root, STAGING)
+    status.pop("error", None)
+    try:
+        job = check_command(msg)
+        if job["version"] == fw_version:
+            return False              # a repeated offer of what already runs: nothing to do
+        status["target"] = job["version"]
+        slot, confirmed = boot_select.running(root)
+        if not confirmed:
+            raise OtaError("running version not confirmed yet")
+        if not newer(job["version"], fw_version):
+            raise OtaError("version %s is not newer than %s" % (job["version"], fw_version))
+        pub = release_key(root)
+        if pub is None:
+            raise OtaError("no release key installed")
+        status["state"] = "downloading"
+        download(hal, job, staging)
+        status["state"] = "installing"
+        new = boot_select.other(slot)
+        dest = boot_select.slot_dir(root, new)
+        _remove_tree(dest)
+        os.mkdir(dest)
+        with open(staging, "rb") as f:
+            m = bundle.install(f, pub, dest)
+        if m["version"] != job["version"]:
+            raise OtaError("bundle is version %s, offered as %s" % (m["version"], job["version"]))
+        if m.get("port") != getattr(hal, "name", None):
+            raise OtaError("bundle is for port %s" % m.get("port"))
+        boot_select.stage(root, new)
+    except (OtaError, bundle.BundleError, OSError, ValueError, KeyError, MemoryError) as e:
+        status["state"] = "failed"
+        status["error"] = (str(e) or type(e).__name__)[:120]
+        hal.log("update refused: %s" % status["error"])
+        _remove_tree(staging)
+        return False
+    _remove_tree(staging)
+    status["state"] = "restarting"
+    hal.log("update %s staged in slot %s; restarting" % (job["version"], new))
+    if before_reset is not None:
+        before_reset()
+    reset(hal)
+    return True
 
-    def download(self, job, staging):
-        host, port, path = parse_url(job["url"])
-        size = job["size"]
-        with open(staging, "wb") as out:
-            offset = 0
-            while offset < size:
-                n = CHUNK if size - offset > CHUNK else size - offset
-                data = None
-                last = None
-                for _ in range(RETRIES):
-                    self.hal.feed_watchdog()
-                    try:
-                        data = self._get(host, port, path, offset, n)
-                        break
-                    except (OSError, OtaError) as e:
-                        last = e
-                if data is None:
-                    raise OtaError("download failed at byte %d: %s" % (offset, last))
-                out.write(data)
-                offset += len(data)
 
-    def _get(self, host, port, path, offset, n):
-        sock = self.hal.connect_tcp(host, port, False, "")
-        try:
-            req = "GET %s HTTP/1.0\r\nHost: %s\r\nRange: bytes=%d-%d\r\n\r\n" % (
-                path, host, offset, offset + n - 1)
-            sock.send(req.encode())
-            status, headers, body = _read_response(sock, n)
-        finally:
-            sock.close()
+def download(hal, job, staging):
+    """Fetch the bundle into `staging`, CHUNK bytes per request, each tried RETRIES times.
+    Data goes straight from the socket to the file through one small buffer: the heap
+    has no room for a whole chunk."""
+    host, port, path = parse_url(job["url"])
+    size = job["size"]
+    buf = bytearray(1024)
+    with open(staging, "wb") as out:
+        offset = 0
+        while offset < size:
+            n = CHUNK if size - offset > CHUNK else size - offset
+            last = None
+            for _ in range(RETRIES):
+                hal.feed_watchdog()
+                out.seek(offset)
+                try:
+                    _get(hal, host, port, path, offset, n, out, buf)
+                    last = None
+                    break
+                except (OSError, OtaError) as e:
+                    last = e
+            if last is not None:
+                raise OtaError("download failed at byte %d: %s" % (offset, last))
+            offset += n
+
+
+def _get(hal, host, port, path, offset, n, out, buf):
+    sock = hal.connect_tcp(host, port, False, "")
+    try:
+        req = "GET %s HTTP/1.0\r\nHost: %s\r\nRange: bytes=%d-%d\r\n\r\n" % (
+            path, host, offset, offset + n - 1)
+        sock.send(req.encode())
+        status, first = _read_head(sock)
         if status != 206 and not (status == 200 and offset == 0):
             raise OtaError("HTTP status %d" % status)
-        if len(body) != n:
-            raise OtaError("short chunk: %d of %d bytes" % (len(body), n))
-        return body
+        got = len(first)
+        if got > n:
+            raise OtaError("chunk longer than asked")
+        out.write(first)
+        view = memoryview(buf)
+        while got < n:
+            k = sock.readinto(view[:n - got if n - got < len(buf) else len(buf)])
+            if not k:
+                break
+            out.write(view[:k])
+            got += k
+    finally:
+        sock.close()
+    if got != n:
+        raise OtaError("short chunk: %d of %d bytes" % (got, n))
 
-    def reset(self):
-        if getattr(self.hal, "name", None) == "esp32":
-            self.hal.reboot()
-        raise SystemExit(boot_select.RESTART_EXIT)
 
-    # ------------------------------------------------------------------ confirmation
-    def reading_signed(self):
-        """After a signed, logged reading: a version on trial confirms itself."""
-        if self.confirmed:
-            return False
-        if boot_select.confirm(self.root):
-            self.confirmed = True
-            self.state = "confirmed"
-            self.hal.log("version %s confirmed in slot %s" % (self.fw_version, self.slot))
-            if getattr(self.hal, "name", None) == "esp32":
-                from firmware.hal import esp32_ota
-
-                esp32_ota.confirm()
-            return True
-        return False
+def reset(hal):
+    if getattr(hal, "name", None) == "esp32":
+        hal.reboot()
+    raise SystemExit(boot_select.RESTART_EXIT)
 
 
 def newer(a, b):

@@ -150,7 +150,8 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
                 state[dev]["status"] = st
                 result, detail = outcome(st, version)
                 state[dev]["result"], state[dev]["detail"] = result, detail
-                if result == WAITING and isinstance(st, dict) and st.get("state") == "online":
+                if result == WAITING and isinstance(st, dict) and st.get("state") == "online" \
+                        and st.get("fw") != version:
                     ota = st.get("ota") if isinstance(st.get("ota"), dict) else {}
                     idle = ota.get("state") in (None, "idle", "confirmed", "failed")
                     if idle and time.monotonic() - sent.get(dev, -1e9) > 2.0:
