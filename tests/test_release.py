@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import tarfile
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
