@@ -13,7 +13,8 @@ Written into one directory:
                         and to `egs-gw run --mqtt-password-file`
 
 Running it again keeps existing passwords (devices already provisioned stay valid),
-adds new devices and drops revoked ones. mosquitto re-reads passwd and acl on SIGHUP.
+adds new devices and drops revoked ones. mosquitto re-reads passwd and acl on SIGHUP:
+`reload` sends it to the broker running this configuration (its pid file is in data/).
 """
 import os
 import secrets
@@ -103,6 +104,7 @@ def conf_text(out_dir, host, port, tls_port=0, tls_host="0.0.0.0", certfile="", 
         f"acl_file {d / 'acl'}",
         "persistence true",
         f"persistence_location {d / 'data'}/",
+        f"pid_file {d / 'data' / 'mosquitto.pid'}",
         "autosave_interval 60",
         "max_queued_messages 100000",
         "max_inflight_messages 100",
@@ -223,3 +225,34 @@ def remove_credential(out_dir, user):
         _share_with_broker(out, "")
     credential_path(out, user).unlink(missing_ok=True)
     return present
+
+
+def reload(out_dir):
+    """SIGHUP the mosquitto running from `out_dir` (pid file in data/); True if signalled."""
+    import signal
+    pid_file = Path(out_dir) / "data" / "mosquitto.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return False
+    if comm != "mosquitto" or not _wrote(pid, pid_file):
+        return False
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError:
+        return False
+    return True
+
+
+def _wrote(pid, pid_file):
+    """Did process `pid` write `pid_file` (not a stale file and a reused pid)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+        return pid_file.stat().st_mtime >= started - 2
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False

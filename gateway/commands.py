@@ -273,9 +273,11 @@ def device_revoke(app, device_id, reason, broker_dir):
     removed = broker_mod.remove_credential(bdir, device_id) if Path(bdir).is_dir() else False
     out = _device_out(d)
     out["broker_credential_removed"] = removed
+    out["broker_reloaded"] = broker_mod.reload(bdir) if removed else False
     app.emit(out, lambda o: _console().print(
-        f"revoked [bold]{o['id']}[/]" + (f"; credential removed from {bdir}/passwd (send mosquitto SIGHUP)"
-                                        if removed else "")))
+        f"revoked [bold]{o['id']}[/]" + (f"; credential removed from {bdir}/passwd" if removed else "")
+        + ("; mosquitto reloaded" if o["broker_reloaded"] else
+           (" (reload mosquitto: SIGHUP)" if removed else ""))))
 
 
 @device.command("replace-meter")
@@ -308,13 +310,14 @@ def device_replace_meter(app, device_id, meter_serial, note):
 @click.option("--meter-baud", default=9600, show_default=True, type=int)
 @click.option("--meter-serial", help="Meter serial, when the meter does not report one.")
 @click.option("--meter-link", help="Meter connection for the unix port (tty path or tcp:HOST:PORT).")
-@click.option("--interval", "interval_s", type=int, help="Reading interval in seconds.")
+@click.option("--broker-tls", is_flag=True, help="The device connects with TLS.")
+@click.option("--interval", "interval_s", type=float, help="Reading interval in seconds.")
 @click.option("--account", help="EVM address for this device's energy.")
 @click.option("--baud", default=115200, show_default=True, type=int, help="Console baud rate.")
 @click.option("--timeout", default=30.0, show_default=True, type=float, help="Seconds per reply.")
 def device_provision(app, port, device_id, community, broker_addr, broker_dir, wifi_ssid, wifi_password,
-                     meter_model, meter_address, meter_baud, meter_serial, meter_link, interval_s,
-                     account, baud, timeout):
+                     meter_model, meter_address, meter_baud, meter_serial, meter_link, broker_tls,
+                     interval_s, account, baud, timeout):
     """Provision a device over its serial console and register it."""
     from gateway import provision
 
@@ -328,7 +331,8 @@ def device_provision(app, port, device_id, community, broker_addr, broker_dir, w
         broker_dir=broker_dir or app.config["broker"]["dir"],
         wifi_ssid=wifi_ssid, wifi_password=wifi_password, meter_model=meter_model,
         meter_address=meter_address, meter_baud=meter_baud, meter_serial=meter_serial,
-        meter_link=meter_link, interval_s=interval_s, account=account, baud=baud, timeout=timeout)
+        meter_link=meter_link, interval_s=interval_s, account=account, broker_tls=broker_tls, baud=baud,
+        timeout=timeout)
 
     def human(o):
         c = _console()
@@ -339,7 +343,7 @@ def device_provision(app, port, device_id, community, broker_addr, broker_dir, w
         t.add_row("meter serial", o["meter_serial"])
         t.add_row("key fingerprint", o["fingerprint"])
         c.print(t)
-        if o.get("broker_reload_needed"):
+        if not o.get("broker_reloaded"):
             c.print("new broker credential: reload mosquitto (SIGHUP) so the device can connect")
 
     app.emit(result, human)
@@ -626,13 +630,14 @@ def broker_config(app, out_dir, community, host, port, tls_port, tls_host, certf
         tls_port=tls_port if tls_port is not None else b["tls_port"], tls_host=tls_host or b["tls_host"],
         certfile=certfile or b["certfile"], keyfile=keyfile or b["keyfile"], cafile=cafile or b["cafile"],
         gateway_user=gateway_user or b["gateway_user"], run_as=run_as)
+    summary["reloaded"] = broker_mod.reload(summary["dir"])
 
     def human(s):
         c = _console()
         c.print(f"wrote {s['config']} (listener {s['listener']}"
                 + (f", TLS {s['tls_listener']}" if s["tls_listener"] else "") + ")")
         c.print(f"{len(s['devices'])} device credential(s) + gateway user {s['gateway_user']} in {s['passwd']}")
-        c.print(f"start: mosquitto -c {s['config']}   (or reload a running one with SIGHUP)")
+        c.print("running mosquitto reloaded" if s["reloaded"] else f"start: mosquitto -c {s['config']}")
         c.print(f"gateway: egs-gw run --mqtt-user {s['gateway_user']} --mqtt-password-file "
                 f"{s['gateway_password_file']}")
 

@@ -144,7 +144,7 @@ def _general_parse(raw):
 
 
 def verify_one(raw, pub65):
-    """("ok", seq, import_wh, export_wh, time_epoch, time_status, meter_serial, payload_bytes)
+    """("ok", seq, import_wh, export_wh, time_epoch, time_status, meter_serial)
     or ("reject", reason, detail, seq_or_None)."""
     f = fast_parse(raw)
     if f is not None:
@@ -172,7 +172,7 @@ def verify_one(raw, pub65):
         problems.append("meter serial (MS) missing")
     if problems:
         return ("reject", "malformed", "; ".join(problems), seq)
-    return ("ok", seq, imp, exp, t, str(tstatus or "U"), str(serial), payload)
+    return ("ok", seq, imp, exp, t, str(tstatus or "U"), str(serial))
 
 
 def verify_batch(items):
@@ -370,7 +370,7 @@ class IngestCore:
         return prev, nxt
 
     def _accept(self, m, res, out, touched, now):
-        _, seq, imp, exp, t, tstatus, serial, payload = res
+        _, seq, imp, exp, t, tstatus, serial = res
         d = self.devices[m.device]
         raw = m.payload.decode("utf-8")
         # 4. sequence: duplicate or reuse
@@ -378,7 +378,7 @@ class IngestCore:
             row = self._stored(d.id, seq)
             if row is not None:
                 touched.setdefault(d.id, None)
-                if row[0] == raw or _payload_of(row[0]) == payload:   # same signed statement
+                if row[0] == raw or _payload_of(row[0]) == _payload_of(raw):   # same signed statement
                     out.duplicates += 1
                     return
                 return self._reject(m, out, "sequence_reused",

@@ -244,11 +244,7 @@ class Gateway:
                         committer.result()  # re-raise its failure
                     break
                 batch = [nxt.result()]
-                while len(batch) < self.icfg["batch_size"]:
-                    try:
-                        batch.append(queue.get_nowait())
-                    except asyncio.QueueEmpty:
-                        break
+                await self._gather(queue, batch)
                 await pending.put(self._submit(batch))
         finally:
             stop.cancel()
@@ -257,6 +253,24 @@ class Gateway:
                 await committer
             await self._flush()
             sender.cancel()
+
+    async def _gather(self, queue, batch):
+        """Fill a batch from what has arrived, lingering up to ingest.linger_ms while more
+        keeps coming: one commit (one fsync) for many readings under load, no wait when idle."""
+        size = self.icfg["batch_size"]
+        deadline = time.monotonic() + self.icfg["linger_ms"] / 1000
+        idle = 0
+        while len(batch) < size:
+            try:
+                batch.append(queue.get_nowait())
+                idle = 0
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            idle += 1
+            if idle > 2 or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0)      # let the MQTT reader take the next packet
 
     def _submit(self, batch):
         now = time.time()

@@ -27,6 +27,7 @@ section("mqtt", {
 
 section("ingest", {
     "batch_size": (int, 500),
+    "linger_ms": (int, 50),
     "workers": (int, 0),
     "pool_min_batch": (int, 64),
     "max_record_bytes": (int, 16384),
@@ -102,6 +103,7 @@ def validate(cfg):
         ("mqtt.keepalive", cfg["mqtt"]["keepalive"] >= 5, "at least 5 seconds"),
         ("mqtt.reconnect_max_s", cfg["mqtt"]["reconnect_max_s"] > 0, "positive"),
         ("ingest.batch_size", 1 <= cfg["ingest"]["batch_size"] <= 100000, "between 1 and 100000"),
+        ("ingest.linger_ms", 0 <= cfg["ingest"]["linger_ms"] <= 10000, "between 0 and 10000"),
         ("ingest.workers", cfg["ingest"]["workers"] >= -1, "-1 (all cores), 0 (inline) or a count"),
         ("ingest.pool_min_batch", cfg["ingest"]["pool_min_batch"] >= 1, "at least 1"),
         ("ingest.max_record_bytes", cfg["ingest"]["max_record_bytes"] >= 512, "at least 512"),

@@ -64,7 +64,6 @@ SCHEMA = [
         UNIQUE (device_id, seq)
     )""",
     "CREATE INDEX IF NOT EXISTS readings_time ON readings(device_id, time_epoch)",
-    "CREATE INDEX IF NOT EXISTS readings_received ON readings(received_at)",
     """CREATE TABLE IF NOT EXISTS quarantine (
         id INTEGER PRIMARY KEY,
         device_id TEXT,

@@ -120,21 +120,26 @@ def test_revoked_device_loses_its_credential(tmp_path, gwdb):
     db_path = tmp_path / "gw.sqlite"
     mosq, s = secured_broker(tmp_path, gwdb, db_path)
     old = broker.credential(s["dir"], "dev1", create=False)
-    res = cli_invoke("device", "revoke", "--db", db_path, "--id", "dev1", "--broker-dir", s["dir"], "--json")
-    assert res.exit_code == 0, res.stderr
-    assert json.loads(res.stdout)["broker_credential_removed"] is True
-    assert "dev1:" not in Path(s["passwd"]).read_text()
     with mosq:
-        p = Peer(mosq.port, "dev1", old, client_id="dev1")
+        p = Peer(mosq.port, "dev1", old, client_id="dev1-a")
+        assert p.connect()
+        p.close()
+        res = cli_invoke("device", "revoke", "--db", db_path, "--id", "dev1", "--broker-dir", s["dir"], "--json")
+        assert res.exit_code == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["broker_credential_removed"] is True and out["broker_reloaded"] is True
+        assert "dev1:" not in Path(s["passwd"]).read_text()
+        p = Peer(mosq.port, "dev1", old, client_id="dev1-b")
         try:
-            assert not p.connect(timeout=3)
+            assert not p.connect(timeout=3)      # the running broker re-read its password file
         finally:
             p.close()
     # regenerating keeps the gateway's password and leaves the revoked device out
     res = cli_invoke("broker", "config", "--db", db_path, "--out", s["dir"], "--community", COMMUNITY,
-                 "--port", mosq.port, "--json")
+                     "--port", mosq.port, "--json")
     s2 = json.loads(res.stdout)
-    assert s2["devices"] == [] and broker.credential(s["dir"], "egs-gateway", create=False) == \
+    assert s2["devices"] == [] and s2["reloaded"] is False
+    assert broker.credential(s["dir"], "egs-gateway", create=False) == \
         Path(s["gateway_password_file"]).read_text().strip()
     assert store.get_device(gwdb, "dev1")["revoked"] is True
 
