@@ -1,0 +1,78 @@
+"""Meter faults: counted, reported in the status, never signed as a reading.
+
+One device reads an emulated SDM630; the emulator injects each fault in turn. While a fault
+lasts the device's sequence must not move (nothing signed), the console and the retained
+MQTT status name the fault and count it, and when the fault clears readings resume with
+the next sequence number and the true register values.
+"""
+from protocol import ocmf
+from tests.firmware_fixtures import (  # noqa: F401
+    device_config, device_factory, meter, subscriber, wait_for)
+from tests.modbus_fixtures import f32_words_to_wh
+
+# emulator fault -> (fault kind in the status, does it count as a Modbus error)
+CASES = [
+    ("timeout", "timeout", True),
+    ("crc", "crc", True),
+    ("exception", "exception", True),
+    ("short", "frame", True),
+    ("nan", "nan", False),
+    ("infinite", "infinite", False),
+    ("negative", "negative", False),
+]
+
+
+def _status(dev):
+    return dev.request({"cmd": "status"})
+
+
+def _fault_phase(dev, kind, start_faults):
+    """Wait until `kind` was counted at least twice; the sequence must not move meanwhile."""
+    first = wait_for(lambda: (lambda s: s if s["faults"].get(kind, 0) > start_faults else None)(
+        _status(dev)), what=f"fault {kind} counted")
+    assert first["meter_fault"]["kind"] == kind, first["meter_fault"]
+    later = wait_for(lambda: (lambda s: s if s["faults"][kind] >= first["faults"][kind] + 2
+                              else None)(_status(dev)), what=f"more {kind} faults")
+    assert later["seq"] == first["seq"], f"a reading was signed during a {kind} fault"
+    return later
+
+
+def test_faults_are_counted_reported_and_never_signed(mosquitto, meter, subscriber,
+                                                      device_factory):
+    dev = device_factory(device_config("f1", mosquitto.port, meter.port, interval_s=0.2))
+    wait_for(lambda: len(subscriber.seqs("f1")) >= 2, what="good readings first")
+    key = ocmf.load_public_key(dev.pubkey())
+
+    for emu_kind, kind, modbus_error in CASES:
+        before = _status(dev)
+        meter.set_fault(emu_kind)
+        st = _fault_phase(dev, kind, before["faults"].get(kind, 0))
+        assert st["counters"]["meter_faults"] > before["counters"]["meter_faults"]
+        if modbus_error:
+            assert st["counters"]["modbus_errors"] > before["counters"]["modbus_errors"]
+        wait_for(lambda: isinstance(subscriber.status.get("f1"), dict)
+                 and (subscriber.status["f1"].get("meter_fault") or {}).get("kind") == kind,
+                 what=f"{kind} in the retained MQTT status")
+        meter.clear_fault()
+        wait_for(lambda: _status(dev)["seq"] > st["seq"] + 1, what=f"readings after {kind}")
+
+    # a cumulative register going backwards (a reset meter, a tampered register)
+    good = f32_words_to_wh(meter.registers("import_wh"))
+    before = _status(dev)
+    meter.set_energy(import_wh=good - 5000)
+    st = _fault_phase(dev, "decrease", before["faults"].get("decrease", 0))
+    assert "import_wh" in st["meter_fault"]["detail"]
+    meter.set_energy(import_wh=good + 1000)
+    wait_for(lambda: _status(dev)["seq"] > st["seq"] + 1, what="readings after the decrease")
+    assert _status(dev)["meter_fault"] is None
+
+    # nothing a fault produced was signed: every record verifies and carries real values
+    final = _status(dev)
+    wait_for(lambda: subscriber.contiguous("f1") >= final["seq"], what="all records delivered")
+    values = []
+    for seq in subscriber.seqs("f1"):
+        rec = ocmf.verify(subscriber.record("f1", seq), key)
+        values.append(rec.import_wh)
+        assert rec.import_wh in (f32_words_to_wh(meter.registers("import_wh")), good), rec.import_wh
+    assert values == sorted(values), "signed registers never go backwards"
+    assert subscriber.seqs("f1") == list(range(1, final["seq"] + 1))
