@@ -84,6 +84,8 @@ def test_agents_set_and_list(env):
     (["cancel", "77"], "no open order 77"),
     (["cancel", "abc"], "abc"),
     (["amend", "1"], "--price, --qty"),
+    (["bogus"], "No such command"),
+    (["agents", "fly"], "No such command"),
     (["agents", "set", SELLER], "buy price, a sell price"),
     (["sizing", "--households", "10", "--average-kwh", "nan"], "average kWh"),
     (["sizing", "--households", "10", "--average-kwh", "1", "--headroom", "0.5"], "headroom"),

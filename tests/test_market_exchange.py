@@ -401,6 +401,12 @@ def test_market_rejects_wrong_use_of_session_buy(conn):
     m = Market(conn, "c1", settings())
     with pytest.raises(OrderError):
         m.session_buy(addr(1), 100, ref="")
+    for wh in (0, -5, 1.5, "100"):
+        with pytest.raises(OrderError):
+            market_buy_for_session(conn, "c1", addr(1), wh, ref="CP:1")
+    with pytest.raises(accounts.BalanceError):
+        market_buy_for_session(conn, "c1", "0xnope", 100, ref="CP:2")
+    assert conn.execute("SELECT COUNT(*) FROM market_orders").fetchone()[0] == 0
 
 
 # ---- journal replay, as a property -------------------------------------------------------
