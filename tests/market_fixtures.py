@@ -1,5 +1,6 @@
 """Helpers for the market tests: a store with accounts, a controllable clock."""
 from gateway import accounts, db
+from gateway.market.book import BUY, SELL, affordable
 from gateway.market.exchange import Market
 from gateway.market.settings import market_settings
 
@@ -48,3 +49,17 @@ def settings(**over):
 
 def market(conn, community="c1", clock=None, **over):
     return Market(conn, community, settings(**over), clock=clock or Clock())
+
+
+def assert_not_crossed(book):
+    """No pair of resting orders of different owners that could trade right now."""
+    bal = book.balances
+    asks = list(book.iter_side(SELL))
+    for b in book.iter_side(BUY):
+        for a in asks:
+            if a.price > b.price or a.owner == b.owner:
+                continue
+            price = a.price if a.id < b.id else b.price
+            executable = (bal.sellable(a.owner) > 0 and bal.headroom(b.owner) > 0
+                          and affordable(bal.spendable(b.owner), price) > 0)
+            assert not executable, f"executable crossing left in the book: {b} x {a}"

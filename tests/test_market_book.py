@@ -17,6 +17,7 @@ from gateway.market.book import (
     cost,
 )
 from gateway.market.reference import ReferenceBook
+from tests.market_fixtures import assert_not_crossed
 
 EEA = 10**18
 
@@ -193,20 +194,6 @@ def test_bad_orders_are_refused(args):
 
 OWNERS = ["u0", "u1", "u2", "u3", "u4"]
 BMAX = 3000
-
-
-def assert_not_crossed(book):
-    """No pair of resting orders of different owners that could trade right now."""
-    bal = book.balances
-    asks = list(book.iter_side(SELL))
-    for b in book.iter_side(BUY):
-        for a in asks:
-            if a.price > b.price or a.owner == b.owner:
-                continue
-            price = a.price if a.id < b.id else b.price
-            executable = (bal.sellable(a.owner) > 0 and bal.headroom(b.owner) > 0
-                          and affordable(bal.spendable(b.owner), price) > 0)
-            assert not executable, f"executable crossing left in the book: {b} x {a}"
 
 
 ops = st.one_of(

@@ -12,7 +12,17 @@ from gateway.ledger import outbox
 from gateway.market import journal
 from gateway.market.book import BUY, SELL, MemoryBalances, OrderError
 from gateway.market.exchange import Market, market_buy_for_session, session_price_source
-from tests.market_fixtures import EEA, Clock, addr, credit, market, open_store, price, settings
+from tests.market_fixtures import (
+    EEA,
+    Clock,
+    addr,
+    assert_not_crossed,
+    credit,
+    market,
+    open_store,
+    price,
+    settings,
+)
 
 
 @pytest.fixture
@@ -456,6 +466,8 @@ def test_journal_replay_rebuilds_the_live_book(ops):
             clock.t += 900
             m.settle()
     m.refresh()
+    assert_not_crossed(m.book)  # against the real balance book and unsettled trades
+    m.balances.clear()
     live, replayed, loaded = snapshot_three_ways(conn, m)
     assert live == replayed == loaded
     conn.close()
