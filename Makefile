@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node/node_modules/.bin:/usr/sbin:$(PATH)
 
-.PHONY: setup test demo bench lint contracts clean
+.PHONY: setup test demo bench lint contracts firmware clean
 
 setup:
 	@bash scripts/setup.sh
@@ -14,6 +14,9 @@ test: setup
 
 demo: setup
 	$(PY) -m sim.demo
+
+firmware: setup
+	$(PY) -m tools.release build
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -6,6 +6,8 @@ assembles them (see DESIGN.md: nothing imports the composition root).
 import click
 
 from gateway import commands as gateway_commands
+from gateway import flash as flash_commands
+from gateway import ota as ota_commands
 from gateway.ledger import commands as ledger_commands
 from gateway.market import commands as market_commands
 from ocpp_cs import commands as ocpp_commands
@@ -21,6 +23,10 @@ def main():
 for module in (gateway_commands, ledger_commands, market_commands, ocpp_commands):
     for command in module.COMMANDS:
         main.add_command(command)
+
+# Installer and OTA commands live in their own modules but belong under `device`.
+for command in flash_commands.DEVICE_COMMANDS + ota_commands.DEVICE_COMMANDS:
+    gateway_commands.device.add_command(command)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,13 @@ fi
 
 # 1b. MicroPython type stubs for the firmware fidelity gate, kept out of the venv so they
 #     never shadow CPython's own modules: one folder per port.
-stubs_stamp=.stubs/.installed-1.29.0.post1
+stubs_stamp=.stubs/.installed-1.29.0.post1-stdlib
 if [ ! -f "$stubs_stamp" ]; then
-  say "installing MicroPython stubs (esp32, unix) into .stubs/"
+  say "installing MicroPython stubs (esp32, unix, stdlib) into .stubs/"
   rm -rf .stubs
   .venv/bin/python -m pip install --quiet --no-deps --target .stubs/esp32 micropython-esp32-esp32-generic-stubs==1.29.0.post1
   .venv/bin/python -m pip install --quiet --no-deps --target .stubs/unix micropython-unix-stubs==1.29.0.post1
+  .venv/bin/python -m pip install --quiet --no-deps --target .stubs/stdlib micropython-stdlib-stubs==1.29.0.post2
   touch "$stubs_stamp"
 else
   say "MicroPython stubs up to date"
