@@ -23,7 +23,7 @@ max positive signed), and negative energy raise MeterFault and are never a readi
 that goes backwards is only visible across readings: the firmware keeps the last signed values
 and calls check_progress(), which raises MeterFault("decrease").
 
-Register maps and their sources (checked July 2026):
+Register maps and their sources (looked up when this table was written):
 - Eastron SDM630 / SDM72 (D-M V2): input registers (fc 04), float32: 0x0034 total system
   power W, 0x0048 import kWh, 0x004A export kWh; serial number holding register 0xFC00 (u32).
   Source: Eastron protocol documents as collected in reaper7/SDM_Energy_Meter SDM.h, which

@@ -11,7 +11,9 @@ Links:
   port by path through pyserial, and a pty master has no path, so the link is two pty pairs
   joined master to master (a null-modem cable): pymodbus/pyserial opens one slave, the
   firmware opens the other (the symlink). Both slaves are in raw mode; every RTU byte
-  crosses two real ttys.
+  crosses two real ttys. A symlink at PATH into /dev/pts is taken for a link left by a
+  killed earlier run and replaced; a symlink to anything else (/dev/serial/by-id/...) is
+  followed to the real tty.
 - TCP: `--tcp HOST:PORT`, RTU frames (with CRC) over TCP, for runs with many meters.
 
 Faults (set_fault(kind, count=None, **params); count None = until cleared):
@@ -30,6 +32,7 @@ file changes, e.g. {"fault": "crc", "count": 2}, {"fault": null}, {"import_wh": 
 import asyncio
 import errno
 import json
+import logging
 import math
 import os
 import signal
@@ -380,23 +383,38 @@ class MeterEmulator:
             self._server = ModbusTcpServer(self._device(), framer=FramerType.RTU,
                                            address=(host, port),
                                            trace_packet=self._trace_packet)
-            await self._server.serve_forever(background=True)
+            await self._listen()
             self.port = self._server.transport.sockets[0].getsockname()[1]
             return
         port = self._open_serial_link()
         self._server = ModbusSerialServer(self._device(), framer=FramerType.RTU, port=port,
                                           baudrate=self.baudrate,
                                           trace_packet=self._trace_packet)
-        await self._server.serve_forever(background=True)
+        await self._listen()
+
+    async def _listen(self):
+        try:
+            await self._server.serve_forever(background=True)
+        except RuntimeError as exc:         # pymodbus: "Could not start listen ..."
+            where = f"{self.tcp[0]}:{self.tcp[1]}" if self.tcp else self.serial_link
+            raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {where}: {exc}") from None
 
     def _open_serial_link(self):
         """Path pymodbus opens: the given tty, or one end of a new pty link (see module doc)."""
         link = Path(self.serial_link)
+        if link.is_symlink() and not os.path.realpath(link).startswith("/dev/pts/"):
+            link = Path(os.path.realpath(link))   # e.g. /dev/serial/by-id/... -> ttyUSB0
         if link.exists() and not link.is_symlink():
+            fd = os.open(link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                if not os.isatty(fd):
+                    raise OSError(errno.ENOTTY, f"{link} is not a tty")
+            finally:
+                os.close(fd)
             self.tty_path = str(link)
             return str(link)
         if link.is_symlink():
-            link.unlink()                   # stale link from an earlier run
+            link.unlink()                   # a pty link left by an earlier (killed) run
         master_a, slave_a = os.openpty()
         master_b, slave_b = os.openpty()
         self._fds = [master_a, slave_a, master_b, slave_b]
@@ -417,10 +435,11 @@ class MeterEmulator:
     def _pump(src, dst):
         try:
             data = os.read(src, 4096)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EIO):
-                return
-            raise
+        except BlockingIOError:
+            return
+        except OSError:                     # the other side is gone: stop pumping
+            asyncio.get_running_loop().remove_reader(src)
+            return
         while data:
             try:
                 n = os.write(dst, data)
@@ -531,6 +550,7 @@ def command(model, serial_link, tcp, unit, import_wh, export_wh, profile, flat_w
     if (serial_link is None) == (tcp is None):
         raise click.UsageError("give exactly one of --serial-link PATH or --tcp HOST:PORT")
     first_fault = _parse_fault(fault)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)   # our errors are one line
     emulator = MeterEmulator(model, serial_link=serial_link,
                              tcp=_parse_tcp(tcp) if tcp else None, unit=unit,
                              import_wh=import_wh, export_wh=export_wh, profile=profile,
@@ -541,7 +561,8 @@ def command(model, serial_link, tcp, unit, import_wh, export_wh, profile, flat_w
     try:
         emulator.start()
     except OSError as exc:
-        raise click.ClickException(f"cannot open the meter link: {exc}") from None
+        raise click.ClickException(
+            f"cannot open the meter link: {exc.strerror or exc}") from None
     where = (f"tcp {emulator.tcp[0]}:{emulator.port}" if tcp
              else f"{emulator.serial_link} -> {emulator.tty_path}")
     click.echo(f"meter {model} unit {unit} on {where}", err=True)
