@@ -9,9 +9,9 @@ Boot: load the configuration (none or invalid: stay in provisioning mode, the co
 answers and nothing else runs); without a device key but with a configuration (a device
 set up from a config file by `egs-sim device`), generate the key now; then run the
 application loop, feeding the watchdog each pass. A reboot (console or `.../cmd`) says
-goodbye on MQTT, then resets the ESP32 or, on unix, restarts the application in-process.
-An unexpected exception restarts the application after a pause instead of ending the
-program: on the ESP32 the watchdog would reset it anyway, only later.
+goodbye on MQTT, then resets the machine. An unexpected exception reboots it after a
+pause instead of ending the program: on the ESP32 the watchdog would reset it anyway,
+only later. Never a soft restart in-process: a fragmented heap would stay fragmented.
 
 Heap: what is needed only at boot or while a console command is answered is imported
 then and unloaded afterwards (firmware/heap.py).
@@ -148,29 +148,23 @@ def run_once(hal):
 
 
 def run(hal):
-    while True:
-        try:
-            if run_once(hal) is False:
-                return
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # noqa: BLE001 - the device must keep running
-            if type(e).__name__ == "Reboot":
-                hal.log("soft reboot")
-                continue
-            try:
-                sys.print_exception(e, sys.stderr)
-            except AttributeError:
-                pass
-            hal.log("application failed (%r); restarting in 5 s" % (e,))
-            hal.sleep_ms(5000)
-            continue
+    """Run until a reboot, then reboot the machine (a fresh heap, as after a power cut):
+    machine.reset() on the ESP32; on unix the process exits with REBOOT_EXIT and its
+    supervisor (sim/device.py) starts it again."""
+    try:
+        if run_once(hal) is False:
+            return
         hal.log("rebooting")
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - the device must come back, whatever happened
         try:
-            hal.reboot()
-        except Exception as e:  # noqa: BLE001
-            if type(e).__name__ != "Reboot":
-                raise
+            sys.print_exception(e, sys.stderr)
+        except AttributeError:
+            pass
+        hal.log("application failed (%r); rebooting in 5 s" % (e,))
+        hal.sleep_ms(5000)
+    hal.reboot()
 
 
 def _arg(argv, name, default=None):

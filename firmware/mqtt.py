@@ -87,7 +87,7 @@ def packet(first, body):
 class Client:
     def __init__(self, client_id, connect_fn, user=None, password=None, keepalive_s=60,
                  will=None, on_message=None, max_inflight=8, timeout_ms=10000,
-                 max_packet=4096):
+                 max_packet=1024):
         """will: (topic, payload, retain) sent at QoS 1; on_message(topic str, payload bytes)."""
         self.client_id = client_id
         self.connect_fn = connect_fn

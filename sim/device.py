@@ -35,6 +35,7 @@ import click
 from sim.services import ROOT, Service, micropython
 
 DEFAULT_HEAP = "100K"
+REBOOT_EXIT = 75           # firmware/hal/unix.py: "reset me"
 
 
 def build_config(base=None, *, meter=None, meter_model=None, meter_unit=None, broker=None,
@@ -196,28 +197,48 @@ class DeviceProcess(Service):
     returns the reply. Firmware log lines (stderr) go to <state_dir>/device.log.
     """
 
-    def __init__(self, state_dir, config=None, heapsize=DEFAULT_HEAP):
+    def __init__(self, state_dir, config=None, heapsize=DEFAULT_HEAP, console_fd=None):
+        """console_fd: a file descriptor (e.g. a pty master) to use as the console instead
+        of the pipes; request() is then not available."""
+        self.console_fd = console_fd
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
             write_config(self.state_dir, build_config(config))
         self.heapsize = heapsize
         self.starts = 0
+        self.reboots = 0
         self._replies = None
+        self._lock = threading.RLock()
+        self._halted = False
         super().__init__(firmware_argv(self.state_dir, heapsize),
                          log_path=self.state_dir / "device.log", env=firmware_env())
 
     def start(self):
+        self._halted = False
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        console = subprocess.PIPE if self.console_fd is None else self.console_fd
+        self.proc = subprocess.Popen(self.argv, stdin=console, stdout=console,
                                      stderr=log, cwd=ROOT, env=self.env, start_new_session=True)
         log.close()
         self.starts += 1
-        self._replies = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc, self._replies), daemon=True).start()
+        if self.console_fd is None:
+            self._replies = queue.Queue()
+            threading.Thread(target=self._read, args=(self.proc, self._replies),
+                             daemon=True).start()
+        threading.Thread(target=self._supervise, args=(self.proc,), daemon=True).start()
         from sim import services
         services._RUNNING.add(self)
         return self
+
+    def _supervise(self, proc):
+        """A device that reboots exits with REBOOT_EXIT: power it up again, as the reset
+        line of an ESP32 would."""
+        rc = proc.wait()
+        with self._lock:
+            if rc == REBOOT_EXIT and self.proc is proc and not self._halted:
+                self.reboots += 1
+                self.start()
 
     @staticmethod
     def _read(proc, replies):
@@ -234,10 +255,19 @@ class DeviceProcess(Service):
         line = obj if isinstance(obj, (str, bytes)) else json.dumps(obj)
         if isinstance(line, str):
             line = line.encode()
-        self.proc.stdin.write(line + b"\n")
-        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while True:                       # across a reboot the console comes back
+            proc, replies = self.proc, self._replies
+            try:
+                proc.stdin.write(line + b"\n")
+                proc.stdin.flush()
+                break
+            except (BrokenPipeError, ValueError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         try:
-            return self._replies.get(timeout=timeout)
+            return replies.get(timeout=max(0.1, deadline - time.monotonic()))
         except queue.Empty:
             raise TimeoutError(f"no console reply to {line[:60]!r} within {timeout}s; "
                                f"device log:\n{self.log_text()[-2000:]}") from None
@@ -248,11 +278,18 @@ class DeviceProcess(Service):
             raise RuntimeError(f"device has no key: {reply}")
         return reply["pubkey"]
 
+    def stop(self, sig=signal.SIGTERM, timeout=5.0):
+        with self._lock:
+            self._halted = True
+            super().stop(sig, timeout)
+
     def kill(self):
         """SIGKILL: what a power cut looks like to the firmware."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        with self._lock:
+            self._halted = True
+            if self.proc is not None and self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
         from sim import services
         services._RUNNING.discard(self)
 
@@ -326,7 +363,11 @@ def command(config_file, meter, meter_model, meter_unit, broker, community, devi
                f"(one JSON command per line, e.g. {{\"cmd\":\"status\"}})", err=True)
     argv = firmware_argv(state_dir, heapsize)
     try:
-        rc = subprocess.call(argv, cwd=ROOT, env=firmware_env())
+        while True:
+            rc = subprocess.call(argv, cwd=ROOT, env=firmware_env())
+            if rc != REBOOT_EXIT:
+                break
+            click.echo("device rebooting", err=True)
     except KeyboardInterrupt:
         rc = 130
     sys.exit(rc)

@@ -9,7 +9,8 @@ firmware/hal/esp32.py, with the same methods):
 - host time (the host keeps it synchronised), a plain TCP socket (TLS via `ssl`) for MQTT;
 - the console: stdin/stdout, read without blocking; log lines go to stderr so the console
   carries nothing but the provisioning protocol's JSON replies;
-- no watchdog (the process supervisor is one); reboot = soft restart of the application.
+- no watchdog (the process supervisor is one); reboot = exit with REBOOT_EXIT, and the
+  supervisor (sim/device.py) starts the process again, like a reset.
 
 The unix port has no os.chmod: the key file is made 0600 with `chmod` through os.system
 before the key is written into it, and its mode is checked afterwards.
@@ -23,8 +24,8 @@ import time
 NAME = "unix"
 
 
-class Reboot(Exception):
-    """Raised by reboot(): firmware/main.py restarts the application (a soft reset)."""
+# Exit status meaning "start me again" (sim/device.py restarts the process on it).
+REBOOT_EXIT = 75
 
 
 def _exists(path):
@@ -224,4 +225,5 @@ class Hal:
         pass
 
     def reboot(self):
-        raise Reboot()
+        """The unix stand-in for machine.reset(): exit, the supervisor starts us again."""
+        sys.exit(REBOOT_EXIT)
