@@ -134,16 +134,17 @@ def build_request(unit, function, address, count):
     return bytes(frame)
 
 
-def find_frame(buf, unit, function, count):
+def find_frame(buf, unit, function, count, start=0):
     """(start, length) of the first valid reply to (unit, function, count) in buf, or None.
 
     A reply is valid when unit and function (or function | 0x80 for an exception) match,
     the byte count matches the request, and the CRC over the whole frame is good.
+    Offsets before `start` are not searched.
     """
     n = len(buf)
     normal = 5 + 2 * count
     exc = function | 0x80
-    for i in range(n - 4):
+    for i in range(start, n - 4):
         if buf[i] != unit:
             continue
         f = buf[i + 1]
@@ -297,9 +298,12 @@ class Master:
             chunk = uart.read(MAX_ADU)
             if not chunk:
                 continue
+            # A frame that is valid now ends in this chunk: search only where it can start,
+            # so a babbling line costs linear, not quadratic, time.
+            search_from = max(0, len(buf) - 5 - 2 * count)
             buf.extend(chunk)
             self._last = ticks_ms()
-            found = find_frame(buf, unit, function, count)
+            found = find_frame(buf, unit, function, count, search_from)
             if found is not None:
                 if found[0]:
                     self.counters["resyncs"] += 1

@@ -244,6 +244,38 @@ def test_tcp_link_errors_are_counted_and_reconnect():
     master.uart.close()
 
 
+def test_reply_trickling_in_byte_by_byte_after_noise_is_found():
+    """The incremental frame search must not skip a frame that arrives in pieces."""
+    import threading
+
+    data = bytes.fromhex("47c0e6b700000000")
+    answer = b"\x01\x04\x08\x00\xff" + reply(1, 4, data)   # noise that looks like a header
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def trickle():
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(64)
+            for b in answer:
+                conn.sendall(bytes([b]))
+                time.sleep(0.002)
+            conn.recv(64)
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    master = modbus.Master(TcpUart("127.0.0.1", srv.getsockname()[1]), timeout_ms=500,
+                           retries=0)
+    try:
+        assert master.read_input(1, 0x48, 4) == data
+        assert master.counters["resyncs"] == 1
+    finally:
+        master.uart.close()
+        srv.close()
+        t.join(2)
+
+
 def test_a_babbling_tcp_peer_cannot_hang_the_master():
     """A 'meter' that streams noise forever: the read ends with a FrameError."""
     srv = socket.socket()
