@@ -115,7 +115,8 @@ class App:
 
     def _last_body(self):
         # the newest record, for the meter serial it was signed with
-        rec = self.log.next_after(self.log.last_seq - 1)
+        last = self.log.last_seq
+        rec = self.log.next_after(last - 1) if last is not None else None
         return rec[1] if rec else None
 
     # ------------------------------------------------------------------ reading

@@ -39,16 +39,7 @@ MAX_BODY = 4096
 DEFAULT_MAX_BYTES = 512 * 1024
 DEFAULT_SEGMENTS = 16
 
-try:
-    _crc32 = binascii.crc32
-except AttributeError:  # a port built without it
-    def _crc32(data, crc=0):
-        crc ^= 0xFFFFFFFF
-        for b in data:
-            crc ^= b
-            for _ in range(8):
-                crc = (crc >> 1) ^ (0xEDB88320 & -(crc & 1))
-        return crc ^ 0xFFFFFFFF
+_crc32 = binascii.crc32            # in every port we use (ESP32, unix) and CPython
 
 
 class LogError(Exception):
@@ -91,7 +82,16 @@ class _Segment:
         self.end = 0           # offset after the last valid record
         self.size = 0          # file size (may include a torn tail)
         self.sealed = False    # a torn tail: never appended to again
-        self.regs = None       # (import_wh, export_wh) of the last record
+        self.regs = (0, 0)     # (import_wh, export_wh) of the last record
+
+    def took(self, seq, regs, n):
+        """A record of n bytes with this sequence and registers is now in the segment."""
+        if self.first is None:
+            self.first = seq
+        self.last = seq
+        self.count += 1
+        self.end += n
+        self.regs = regs
 
 
 class FlashLog:
@@ -199,12 +199,7 @@ class FlashLog:
                 rec = self._read(f)
                 if rec is None or (seg.last is not None and rec[0] <= seg.last):
                     break      # a sequence going back only happens if the file was altered
-                if seg.first is None:
-                    seg.first = rec[0]
-                seg.last = rec[0]
-                seg.count += 1
-                seg.end += HEADER_SIZE + len(rec[3])
-                seg.regs = (rec[1], rec[2])
+                seg.took(rec[0], (rec[1], rec[2]), HEADER_SIZE + len(rec[3]))
 
     # ------------------------------------------------------------------ queries
     def bytes_used(self):
@@ -286,13 +281,8 @@ class FlashLog:
         with open(self._file(seg.number), "ab") as f:
             f.write(header + body)
             f.flush()
-        if seg.first is None:
-            seg.first = seq
-        seg.last = seq
-        seg.count += 1
         seg.size += n
-        seg.end = seg.size
-        seg.regs = (import_wh, export_wh)
+        seg.took(seq, (import_wh, export_wh), n)
         self.last_seq = seq
         self.last_regs = (import_wh, export_wh)
 

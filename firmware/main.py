@@ -26,10 +26,10 @@ MAX_LINE = 2048
 class Device:
     """What the console sees of the device: configuration, key, running application."""
 
-    def __init__(self, cfg, secret):
+    def __init__(self, cfg, secret, app=None):
         self.cfg = cfg
         self.secret = secret
-        self.app = None
+        self.app = app
         self.reboot_requested = False
 
 
@@ -158,10 +158,7 @@ def run(hal):
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - the device must come back, whatever happened
-        try:
-            sys.print_exception(e, sys.stderr)
-        except AttributeError:
-            pass
+        hal.log_exception(e)
         hal.log("application failed (%r); rebooting in 5 s" % (e,))
         hal.sleep_ms(5000)
     hal.reboot()

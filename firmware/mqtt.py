@@ -25,22 +25,7 @@ MicroPython port have. Errors: MQTTError (protocol, refused connection) or OSErr
 """
 import select
 
-try:
-    from time import sleep_ms, ticks_add, ticks_diff, ticks_ms
-except ImportError:  # CPython
-    import time as _time
-
-    def ticks_ms():
-        return int(_time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def ticks_add(a, b):
-        return a + b
-
-    def sleep_ms(ms):
-        _time.sleep(ms / 1000)
+from time import sleep_ms, ticks_add, ticks_diff, ticks_ms
 
 try:
     from os import urandom
@@ -172,19 +157,19 @@ class Client:
             left = self.timeout_ms - ticks_diff(ticks_ms(), start)
             if left <= 0:
                 raise OSError(ETIMEDOUT, "no CONNACK")
-            self._poll.poll(min(left, 100))
+            self.wait(min(left, 100))
             self._fill()
 
     def close(self, why=None):
         """Drop the connection without DISCONNECT (the broker then sends the will)."""
         if why is not None:
             self.last_error = str(why) or type(why).__name__
-        if self.sock is not None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
             try:
-                self.sock.close()
+                sock.close()
             except Exception:  # noqa: BLE001 - closing must not fail
                 pass
-        self.sock = None
         self._poll = None
         self.inflight = {}
         self._n = 0
@@ -199,12 +184,19 @@ class Client:
         self.close()
 
     # --------------------------------------------------------------- sending
+    def _socket(self):
+        sock = self.sock
+        if sock is None:
+            raise MQTTError("not connected")
+        return sock
+
     def _send(self, data):
+        sock = self._socket()
         view = memoryview(data)
         start = ticks_ms()
         while len(view):
             try:
-                n = self.sock.write(view)
+                n = sock.write(view)
             except OSError as e:
                 if e.args[0] not in EAGAIN:
                     raise
@@ -258,11 +250,12 @@ class Client:
         """Read what the socket has into the fixed input buffer (no allocation per byte
         received). Bytes of a packet being skipped are dropped. OSError when the peer
         closed. Returns False when nothing was read."""
+        sock = self._socket()
         buf = self._buf
         got = False
         while self._n < len(buf):
             try:
-                n = self.sock.readinto(memoryview(buf)[self._n:])
+                n = sock.readinto(memoryview(buf)[self._n:])
             except OSError as e:
                 if e.args[0] in EAGAIN:
                     return got

@@ -119,7 +119,9 @@ class Console:
 
     def status(self, msg):
         d = self.device
-        out = {"ok": True, "provisioned": d.cfg is not None}
+        out = {}
+        out["ok"] = True
+        out["provisioned"] = d.cfg is not None
         if d.app is not None:
             out.update(d.app.status())
             out["connected"] = d.app.mqtt.connected

@@ -214,6 +214,10 @@ class Hal:
         except (AttributeError, OSError):
             pass
 
+    def log_exception(self, exc):
+        err = sys.stderr
+        sys.print_exception(exc, err)  # pyright: ignore[reportArgumentType] -- unix stub types stderr as CPython's TextIO; it is a stream here
+
     def log(self, message):
         sys.stderr.write("%d %s\n" % (self.time_ms() // 1000, message))
 
