@@ -201,7 +201,8 @@ def device():
 @click.option("--pubkey", required=True, help="Public key: hex SEC1, hex/base64 DER, PEM, or a file.")
 @click.option("--meter-serial", required=True, help="Serial number of the meter behind the device.")
 @click.option("--account", help="EVM address credited/debited for this device's energy.")
-@click.option("--first-seq", type=int, help="First sequence number to expect (default: the first seen).")
+@click.option("--first-seq", type=click.IntRange(0), help="First sequence number the device signs "
+              "(default 1, a new device); for a device already in service, its next number.")
 def device_add(app, device_id, pubkey, meter_serial, account, first_seq):
     """Register a device with its public key."""
     conn = _store(app)

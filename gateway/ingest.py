@@ -8,8 +8,9 @@ A message passes, in order:
      in `verify_batch`, inline or in a process pool);
   4. sequence (PG "F<n>"): a number already stored is a duplicate — acknowledged
      again, stored once — unless its content differs (a reused sequence: rejected);
-     a number below the device's baseline is a replay; a jump forward records a gap
-     and asks the device to resend from the first missing number;
+     a number below the device's first sequence (default 1) is a replay; a jump
+     forward records a gap and asks the device to resend from the first missing
+     number (a gap the device cannot fill is given up after `gap_give_up` requests);
   5. meter serial is one registered for the device, never an older meter's after a
      newer one's;
   6. cumulative registers do not decrease against the neighbouring readings, unless
@@ -226,9 +227,9 @@ class _Device:
         self.pub = bytes.fromhex(row["pubkey"])
         self.revoked = bool(row["revoked"])
         self.epochs = epochs                   # meter serial -> epoch
-        self.first_seq = row["first_seq"]
+        self.first_seq = row["first_seq"] if row["first_seq"] is not None else 1
         self.last_seq = row["last_seq"]
-        self.acked_seq = row["acked_seq"]
+        self.acked_seq = row["acked_seq"] if row["acked_seq"] is not None else self.first_seq - 1
         self.last_regs = None                  # (import, export, epoch) at last_seq
 
 
@@ -250,6 +251,7 @@ class IngestCore:
         self.min_time = cfg.get("min_time", 1577836800)
         self.max_future_s = cfg.get("max_future_s", 300)
         self.resend_cooldown_s = cfg.get("resend_cooldown_s", 10.0)
+        self.gap_give_up = cfg.get("gap_give_up", 5)
         self.clock = clock
         self.devices = {}
         self.version = None
@@ -329,6 +331,8 @@ class IngestCore:
                             touched.setdefault(m.device, None)
                         continue
                     self._accept(m, res, out, touched, now)
+                for device_id in touched:
+                    self._chase_gap(device_id, out, now)
                 for device_id, min_time in touched.items():
                     self._finish_device(device_id, min_time, now)
         except Exception:
@@ -336,16 +340,52 @@ class IngestCore:
             self.reload()
             return Outcome()
         for device_id in touched:
-            d = self.devices[device_id]
-            if d.acked_seq is not None:
-                out.acks[device_id] = d.acked_seq
-            if d.last_seq is not None and d.acked_seq is not None and d.acked_seq < d.last_seq:
-                first_missing = d.acked_seq + 1
-                prev = self._resent.get(device_id)
-                if prev is None or prev[0] != first_missing or now - prev[1] >= self.resend_cooldown_s:
-                    out.resend[device_id] = first_missing
-                    self._resent[device_id] = (first_missing, now)
+            out.acks[device_id] = self.devices[device_id].acked_seq
         return out
+
+    def _chase_gap(self, device_id, out, now):
+        """Ask a device that is sending for its first missing sequence, now and then.
+
+        A device that keeps sending but never fills the gap no longer has those records
+        (its flash was wiped: the firmware then skips numbers rather than reuse them).
+        After `gap_give_up` requests the gap is recorded as lost (a security event) and
+        acknowledgements move past it, or the device's log would stall for ever.
+        """
+        d = self.devices[device_id]
+        if d.last_seq is None or d.acked_seq >= d.last_seq:
+            self._resent.pop(device_id, None)
+            return
+        first = d.acked_seq + 1
+        prev = self._resent.get(device_id)
+        if prev is not None and prev[0] == first:
+            if now - prev[1] < self.resend_cooldown_s:
+                return
+            attempts = prev[2] + 1
+        else:
+            attempts = 1
+        if self.gap_give_up and attempts > self.gap_give_up:
+            self._abandon(d, now)
+            self._resent.pop(device_id, None)
+            return self._chase_gap(device_id, out, now)
+        out.resend[device_id] = first
+        self._resent[device_id] = (first, now, attempts)
+
+    def _abandon(self, d, now):
+        nxt = self.conn.execute("SELECT MIN(seq) FROM readings WHERE device_id=? AND seq>?",
+                                (d.id, d.acked_seq)).fetchone()[0]
+        lo, hi = d.acked_seq + 1, nxt - 1
+        self.conn.execute(
+            "UPDATE sequence_gaps SET filled_at=?, lost=1 WHERE device_id=? AND filled_at IS NULL "
+            "AND from_seq<=? AND to_seq>=?", (now, d.id, hi, lo))
+        if not self.conn.execute("SELECT 1 FROM sequence_gaps WHERE device_id=? AND lost=1 AND from_seq<=? "
+                                 "AND to_seq>=?", (d.id, lo, hi)).fetchone():
+            self.conn.execute("INSERT INTO sequence_gaps(device_id, from_seq, to_seq, detected_at, filled_at, "
+                              "lost) VALUES(?, ?, ?, ?, ?, 1)", (d.id, lo, hi, now, now))
+        detail = (f"sequences {lo}..{hi} never arrived after {self.gap_give_up} resend requests; "
+                  "acknowledging past them")
+        store.add_event(self.conn, d.id, "readings_lost", detail)
+        log.warning("device %s: %s", d.id, detail)
+        d.acked_seq = self._contiguous(d.id, nxt)
 
     def _reject(self, m, out, reason, detail, seq):
         out.reject(reason)
@@ -373,8 +413,9 @@ class IngestCore:
         _, seq, imp, exp, t, tstatus, serial = res
         d = self.devices[m.device]
         raw = m.payload.decode("utf-8")
-        # 4. sequence: duplicate or reuse
-        if d.last_seq is not None and seq <= d.last_seq:
+        # 4. sequence: duplicate, reuse, replay from before the device's first number
+        top = d.acked_seq if d.last_seq is None else d.last_seq
+        if seq <= top:
             row = self._stored(d.id, seq)
             if row is not None:
                 touched.setdefault(d.id, None)
@@ -383,11 +424,10 @@ class IngestCore:
                     return
                 return self._reject(m, out, "sequence_reused",
                                     f"sequence {seq} is already stored with different content", seq)
-        floor = d.first_seq if d.first_seq is not None else None
-        if (floor is not None and seq < floor) or (d.acked_seq is not None and seq <= d.acked_seq):
-            touched.setdefault(d.id, None)
-            return self._reject(m, out, "replayed_sequence",
-                                f"sequence {seq} is below the device's stored baseline", seq)
+            if seq <= d.acked_seq and not self._in_lost_gap(d.id, seq):
+                touched.setdefault(d.id, None)
+                return self._reject(m, out, "replayed_sequence",
+                                    f"sequence {seq} is below the device's first sequence {d.first_seq}", seq)
         # 5. meter serial
         epoch = d.epochs.get(serial)
         if epoch is None:
@@ -395,7 +435,7 @@ class IngestCore:
             return self._reject(m, out, "meter_serial_mismatch",
                                 f"meter serial {serial!r} is not registered for {d.id}", seq)
         # 6. registers against the neighbours in sequence order
-        if d.last_seq is None or seq > d.last_seq:
+        if seq > top:
             prev = d.last_regs
             nxt = None
         else:
@@ -420,15 +460,9 @@ class IngestCore:
         if prev is not None and epoch > prev[2]:
             store.add_event(self.conn, d.id, "meter_baseline",
                             f"sequence {seq}: first reading of meter {serial} (epoch {epoch})")
-        if d.last_seq is None:
-            if d.first_seq is not None and seq > d.first_seq:
-                self._gap(d, d.first_seq, seq - 1, now)
-            d.acked_seq = (d.first_seq - 1) if d.first_seq is not None else seq - 1
-            d.last_seq = seq
-            d.last_regs = (imp, exp, epoch)
-        elif seq > d.last_seq:
-            if seq > d.last_seq + 1:
-                self._gap(d, d.last_seq + 1, seq - 1, now)
+        if seq > top:
+            if seq > top + 1:
+                self._gap(d, top + 1, seq - 1, now)
             d.last_seq = seq
             d.last_regs = (imp, exp, epoch)
         if seq == d.acked_seq + 1:
@@ -438,6 +472,10 @@ class IngestCore:
             touched[d.id] = t if t_min is None else min(t_min, t)
         else:
             touched.setdefault(d.id, None)
+
+    def _in_lost_gap(self, device_id, seq):
+        return self.conn.execute("SELECT 1 FROM sequence_gaps WHERE device_id=? AND lost=1 AND from_seq<=? "
+                                 "AND to_seq>=?", (device_id, seq, seq)).fetchone() is not None
 
     def _contiguous(self, device_id, start):
         n = start
@@ -458,10 +496,9 @@ class IngestCore:
         d = self.devices[device_id]
         self.conn.execute("UPDATE devices SET last_seq=?, acked_seq=?, last_seen=? WHERE id=?",
                           (d.last_seq, d.acked_seq, now, device_id))
-        if d.acked_seq is not None:
-            self.conn.execute(
-                "UPDATE sequence_gaps SET filled_at=? WHERE device_id=? AND filled_at IS NULL AND to_seq<=?",
-                (now, device_id, d.acked_seq))
+        self.conn.execute(
+            "UPDATE sequence_gaps SET filled_at=? WHERE device_id=? AND filled_at IS NULL AND to_seq<=?",
+            (now, device_id, d.acked_seq))
         if min_time is not None:
             intervals.mark_dirty(self.conn, device_id, min_time)
 

@@ -15,8 +15,9 @@ stopping (asyncio.Event), ocpp ("HOST:PORT" from --ocpp, or None) and hooks:
         any device close (intervals as returned by gateway.intervals.closed_intervals);
     hooks["publish"]: async callable(topic, payload, qos=1, retain=False) on the
         gateway's MQTT connection (raises when disconnected).
-SIGTERM/SIGINT set `stopping`: the batch in hand is committed and acknowledged,
-the components return, and the process exits 0. A component that fails stops the
+SIGTERM/SIGINT set `stopping`: the components return first (the MQTT session and
+the store are still there for them), then the batch in hand is committed and
+acknowledged, and the process exits 0. A component that fails stops the
 service with exit status 1 (systemd restarts it); nothing is acknowledged that was
 not committed, so a crash at any point loses nothing a device still holds.
 """
@@ -122,6 +123,7 @@ class Gateway:
         self._out = {}                    # topic -> payload waiting to be published
         self._out_ready = asyncio.Event()
         self.changed = asyncio.Event()    # wakes the heartbeat on (dis)connection
+        self.halt = asyncio.Event()       # set after the components stopped: ingest ends last
         self.sub_ocmf = f"egs/v1/{ctx.community}/+/ocmf"
         self.sub_status = f"egs/v1/{ctx.community}/+/status"
 
@@ -182,7 +184,7 @@ class Gateway:
         for d in self.core.devices.values():
             if d.revoked:
                 continue
-            first = d.acked_seq + 1 if d.acked_seq is not None else (d.first_seq or 0)
+            first = d.acked_seq + 1
             self._fire(self._topic(d.id, "cmd"), json.dumps({"cmd": "resend", "from": first}))
 
     # -- the MQTT session ------------------------------------------------------------
@@ -193,7 +195,7 @@ class Gateway:
         first = True
         client_id = self.mqtt["client_id"] or f"egs-gw-{self.ctx.community}"
         tls = aiomqtt.TLSParameters(ca_certs=self.mqtt["ca_file"] or None) if self.mqtt["tls"] else None
-        while not self.ctx.stopping.is_set():
+        while not self.halt.is_set():
             holder = {}
             try:
                 async with aiomqtt.Client(
@@ -213,7 +215,7 @@ class Gateway:
                         self._ask_for_replay()
                     await self._pump(client, holder["q"])
             except aiomqtt.MqttError as e:
-                if self.ctx.stopping.is_set():
+                if self.halt.is_set():
                     break
                 self.log.warning("MQTT broker %s:%d: %s; retrying in %.1f s", self.host, self.port, e, backoff)
             finally:
@@ -221,7 +223,7 @@ class Gateway:
                 self.client = None
                 self.changed.set()
             try:
-                await asyncio.wait_for(self.ctx.stopping.wait(), backoff)
+                await asyncio.wait_for(self.halt.wait(), backoff)
             except TimeoutError:
                 pass
             backoff = min(backoff * 2, self.mqtt["reconnect_max_s"])
@@ -233,7 +235,7 @@ class Gateway:
         sender = asyncio.get_running_loop().create_task(self._sender())
         self._out_ready.set()      # what is left from before a reconnect
         messages = client.messages.__aiter__()
-        stop = asyncio.get_running_loop().create_task(self.ctx.stopping.wait())
+        stop = asyncio.get_running_loop().create_task(self.halt.wait())
         try:
             while True:
                 nxt = asyncio.ensure_future(messages.__anext__())
@@ -326,7 +328,7 @@ async def _intervals_task(ctx, gw):
     intervals.set_estimate_gap(conn, icfg["estimate_gap_s"])
     announced = set()
     try:
-        while not ctx.stopping.is_set():
+        while not gw.halt.is_set():
             try:
                 with db.transaction(conn):
                     intervals.refresh(conn, icfg["estimate_gap_s"])
@@ -341,7 +343,7 @@ async def _intervals_task(ctx, gw):
             except Exception:
                 ctx.log.exception("interval aggregation failed; retrying")
             try:
-                await asyncio.wait_for(ctx.stopping.wait(), icfg["tick_s"])
+                await asyncio.wait_for(gw.halt.wait(), icfg["tick_s"])
             except TimeoutError:
                 pass
     finally:
@@ -362,7 +364,7 @@ async def _heartbeat(ctx, gw, started):
                 "received": s.received, "accepted": s.accepted, "duplicates": s.duplicates,
                 "rejected": s.rejected, "status_messages": s.status, "rate_1m": round(s.rate(now), 2),
                 "workers": gw.workers, "heartbeat_s": HEARTBEAT_S,
-                "running": not ctx.stopping.is_set(),
+                "running": not gw.halt.is_set(),
             }
             try:
                 with db.transaction(conn):
@@ -373,10 +375,10 @@ async def _heartbeat(ctx, gw, started):
                 ctx.log.info("ingest: %d stored (%.1f/s over the last minute), %d duplicates, %d rejected",
                              s.accepted, state["rate_1m"], s.duplicates, s.rejected)
                 last_log, logged = now, s.accepted
-            if ctx.stopping.is_set():
+            if gw.halt.is_set():
                 return
             gw.changed.clear()
-            waits = [asyncio.ensure_future(ctx.stopping.wait()), asyncio.ensure_future(gw.changed.wait())]
+            waits = [asyncio.ensure_future(gw.halt.wait()), asyncio.ensure_future(gw.changed.wait())]
             await asyncio.wait(waits, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
@@ -425,40 +427,52 @@ async def serve(cfg, ocpp=None, log=None):
     started = time.time()
     log.info("gateway for community %s, database %s, %s verification", community, db_path,
              f"{gw.workers} worker process(es)" if gw.workers else "inline")
-    tasks = {
+    core = {
         loop.create_task(gw.run(), name="ingest"),
         loop.create_task(_intervals_task(ctx, gw), name="intervals"),
         loop.create_task(_heartbeat(ctx, gw, started), name="heartbeat"),
     }
+    parts = set()
     for name, mod in components:
         log.info("starting component %s", name)
-        tasks.add(loop.create_task(mod.run(ctx), name=name))
+        parts.add(loop.create_task(mod.run(ctx), name=name))
     status = 0
     try:
-        done, _ = await asyncio.wait(tasks | {loop.create_task(ctx.stopping.wait())},
+        done, _ = await asyncio.wait(core | parts | {loop.create_task(ctx.stopping.wait())},
                                      return_when=asyncio.FIRST_COMPLETED)
         for t in done:
-            if t in tasks and not t.cancelled() and t.exception() is not None:
-                log.error("%s failed: %r", t.get_name(), t.exception(),
-                          exc_info=t.exception())
+            if t in core | parts and not t.cancelled() and t.exception() is not None:
+                log.error("%s failed: %r", t.get_name(), t.exception(), exc_info=t.exception())
                 status = 1
+        # components first (they may still publish or read the store), the ingest last
         ctx.stopping.set()
-        done, still = await asyncio.wait(tasks, timeout=15)
-        for t in still:
-            log.warning("%s did not stop in time; cancelled", t.get_name())
-            t.cancel()
-        for t in done:
-            if t.cancelled():
-                continue
-            if t.exception() is not None and status == 0:
-                log.error("%s failed while stopping: %r", t.get_name(), t.exception())
-                status = 1
+        if await _finish(parts, log, 15) and status == 0:
+            status = 1
+        gw.halt.set()
+        if await _finish(core, log, 15) and status == 0:
+            status = 1
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         gw.close()
         log.info("gateway stopped")
     return status
+
+
+async def _finish(tasks, log, timeout):
+    """Wait for tasks to end (cancel stragglers); True if one of them failed."""
+    if not tasks:
+        return False
+    done, still = await asyncio.wait(tasks, timeout=timeout)
+    for t in still:
+        log.warning("%s did not stop in time; cancelled", t.get_name())
+        t.cancel()
+    failed = False
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("%s failed while stopping: %r", t.get_name(), t.exception())
+            failed = True
+    return failed
 
 
 def setup_logging(level):

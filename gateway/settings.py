@@ -34,6 +34,7 @@ section("ingest", {
     "min_time": (int, 1577836800),
     "max_future_s": (int, 300),
     "resend_cooldown_s": (float, 10.0),
+    "gap_give_up": (int, 5),
 })
 
 section("intervals", {
@@ -109,6 +110,7 @@ def validate(cfg):
         ("ingest.max_record_bytes", cfg["ingest"]["max_record_bytes"] >= 512, "at least 512"),
         ("ingest.max_future_s", cfg["ingest"]["max_future_s"] >= 0, "not negative"),
         ("ingest.resend_cooldown_s", cfg["ingest"]["resend_cooldown_s"] >= 0, "not negative"),
+        ("ingest.gap_give_up", cfg["ingest"]["gap_give_up"] >= 0, "0 (never) or a number of requests"),
         ("intervals.estimate_gap_s", cfg["intervals"]["estimate_gap_s"] > 0, "positive"),
         ("intervals.grace_s", cfg["intervals"]["grace_s"] >= 0, "not negative"),
         ("intervals.tick_s", cfg["intervals"]["tick_s"] > 0, "positive"),

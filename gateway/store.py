@@ -92,7 +92,8 @@ SCHEMA = [
         from_seq INTEGER NOT NULL,
         to_seq INTEGER NOT NULL,
         detected_at REAL NOT NULL,
-        filled_at REAL
+        filled_at REAL,
+        lost INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS sequence_gaps_open ON sequence_gaps(device_id, filled_at)",
     """CREATE TABLE IF NOT EXISTS intervals (
@@ -181,10 +182,11 @@ def add_device(conn, device_id, pubkey65, meter_serial, account=None, first_seq=
         if other:
             raise StoreError(f"this public key is already registered for device {other[0]}")
         now = _now()
+        first = 1 if first_seq is None else first_seq
         conn.execute(
-            "INSERT INTO devices(id, pubkey, meter_serial, account, first_seq, created_at) "
-            "VALUES(?, ?, ?, ?, ?, ?)",
-            (device_id, pubkey65.hex(), meter_serial, account, first_seq, now),
+            "INSERT INTO devices(id, pubkey, meter_serial, account, first_seq, acked_seq, created_at) "
+            "VALUES(?, ?, ?, ?, ?, ?, ?)",
+            (device_id, pubkey65.hex(), meter_serial, account, first, first - 1, now),
         )
         conn.execute(
             "INSERT INTO meters(device_id, epoch, meter_serial, note, registered_at) VALUES(?, 0, ?, 'registered', ?)",

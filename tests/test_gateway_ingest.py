@@ -159,6 +159,43 @@ def test_gap_is_recorded_and_resend_requested_then_filled(gwdb):
     assert store.count_readings(gwdb, "dev1") == 7
 
 
+def test_first_readings_missing_are_asked_for(gwdb):
+    """A device's numbers start at 1: if the gateway first hears 3, it asks for 1 and 2
+    (acknowledging 3 would make the device delete readings nobody stored)."""
+    s = Signer()
+    s.register(gwdb)
+    core = make_core(gwdb)
+    out = feed(core, [(topic("dev1"), s.record(3, 30, 0, T0 + 180))])
+    assert out.acks == {"dev1": 0} and out.resend == {"dev1": 1}
+    out = feed(core, [(topic("dev1"), s.record(i, 10 * i, 0, T0 + 60 * i)) for i in (1, 2)])
+    assert out.acks == {"dev1": 3} and out.resend == {}
+
+
+def test_unfillable_gap_is_given_up_and_recorded_as_lost(gwdb):
+    s = Signer()
+    s.register(gwdb)
+    clock = [NOW]
+    core = IngestCore(gwdb, COMMUNITY, {"resend_cooldown_s": 10, "gap_give_up": 3}, clock=lambda: clock[0])
+    feed(core, [(topic("dev1"), s.record(i, i, 0, T0 + i)) for i in (1, 2)])
+    requests = []
+    seq = 70                                   # the device's flash was wiped: it skipped 3..69
+    for _ in range(4):
+        out = feed(core, [(topic("dev1"), s.record(seq, seq, 0, T0 + seq))])
+        requests.append(out.resend.get("dev1"))
+        clock[0] += 11
+        seq += 1
+    assert requests == [3, 3, 3, None]
+    assert out.acks == {"dev1": 73}
+    lost = [g for g in store.gaps(gwdb, "dev1") if g["lost"]]
+    assert [(g["from_seq"], g["to_seq"]) for g in lost] == [(3, 69)]
+    assert [e["kind"] for e in store.events(gwdb)] == ["readings_lost"]
+    # if one of them turns up after all, it is still a genuine reading: stored
+    out = feed(core, [(topic("dev1"), s.record(5, 5, 0, T0 + 5))])
+    assert out.accepted == 1 and out.acks == {"dev1": 73}
+    out = feed(core, [(topic("dev1"), s.record(0, 0, 0, T0))])
+    assert out.rejected == {"replayed_sequence": 1}
+
+
 def test_gap_fill_checks_registers_against_both_neighbours(gwdb):
     s = Signer()
     s.register(gwdb)
