@@ -10,8 +10,10 @@ from functools import cached_property
 from pathlib import Path
 
 import requests
+from eth_abi import encode as abi_encode
+from eth_utils import keccak
 from web3 import HTTPProvider, Web3
-from web3.exceptions import ProviderConnectionError, TransactionNotFound, Web3RPCError
+from web3.exceptions import ProviderConnectionError, Web3RPCError
 
 BUILD = Path(__file__).resolve().parents[2] / "contracts" / "build"
 EEA_SUPPLY = 700_000_000 * 10**18
@@ -23,6 +25,10 @@ class ChainUnavailable(ConnectionError):
 
 class ChainError(ValueError):
     """The node answered, but with something we cannot work with (wrong chain id, no code)."""
+
+
+class RpcError(ChainError):
+    """The node answered a JSON-RPC call with an error object."""
 
 
 def artifact(name):
@@ -67,6 +73,17 @@ class Chain:
         except _UNREACHABLE as e:
             raise ChainUnavailable(f"chain not reachable at {self.rpc_url}: {type(e).__name__}") from None
 
+    def rpc(self, method, params):
+        """A raw JSON-RPC call: the plain result, without web3's result formatting.
+
+        Used where web3's formatters cost more than the call (receipts of a batch
+        carry hundreds of logs, each address checksummed on the way)."""
+        resp = self.call(self.w3.provider.make_request, method, params)
+        if "error" in resp:
+            err = resp["error"]
+            raise RpcError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
+        return resp.get("result")
+
     def check(self):
         """The node is the configured chain and the contracts have code there."""
         if self._checked:
@@ -103,22 +120,38 @@ class Chain:
         return self.call(self.w3.eth.get_balance, Web3.to_checksum_address(address))
 
     def receipt(self, tx_hash):
-        try:
-            return self.call(self.w3.eth.get_transaction_receipt, tx_hash)
-        except TransactionNotFound:
+        """{status, blockNumber, blockHash, gasUsed} or None while not mined."""
+        r = self.rpc("eth_getTransactionReceipt", [tx_hash])
+        if not r or r.get("blockNumber") is None:
             return None
+        return {"status": int(r["status"], 16), "blockNumber": int(r["blockNumber"], 16),
+                "blockHash": r["blockHash"].lower(), "gasUsed": int(r["gasUsed"], 16)}
 
     def known(self, tx_hash):
         """True if the node has the transaction (in its pool or in a block)."""
-        try:
-            self.call(self.w3.eth.get_transaction, tx_hash)
-            return True
-        except TransactionNotFound:
-            return False
+        return self.rpc("eth_getTransactionByHash", [tx_hash]) is not None
 
     def block_hash(self, number):
-        block = self.call(self.w3.eth.get_block, number)
-        return _hex(block["hash"])
+        block = self.rpc("eth_getBlockByNumber", [hex(number), False])
+        return block["hash"].lower() if block else None
+
+    # ---- calldata --------------------------------------------------------------------
+
+    @cached_property
+    def _functions(self):
+        out = {}
+        for item in artifact("WATT")["abi"]:
+            if item.get("type") == "function":
+                types = [_abi_type(i) for i in item["inputs"]]
+                selector = keccak(f"{item['name']}({','.join(types)})".encode())[:4]
+                out[item["name"]] = (selector, types)
+        return out
+
+    def encode(self, fn, args):
+        """Calldata for WATT.fn(*args) with eth_abi directly (web3's encoder is slow for
+        hundreds of tuples). Addresses as 0x-hex strings, bytes32 as bytes."""
+        selector, types = self._functions[fn]
+        return "0x" + (selector + abi_encode(types, args)).hex()
 
     def fees(self, max_fee_wei):
         """Fee fields for a new transaction: EIP-1559 when the chain has a base fee."""
@@ -174,6 +207,13 @@ class Chain:
         except Web3RPCError as e:
             message = e.rpc_response.get("error", {}).get("message") if e.rpc_response else None
             return message or str(e)
+
+
+def _abi_type(item):
+    t = item["type"]
+    if t.startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in item["components"]) + ")" + t[len("tuple"):]
+    return t
 
 
 def _b32(sid):

@@ -76,7 +76,7 @@ class Worker:
                         outbox.tx_state(self.conn, tx["id"], "sent", block_number=None, block_hash=None)
                 continue
             number = receipt["blockNumber"]
-            block_hash = "0x" + bytes(receipt["blockHash"]).hex()
+            block_hash = receipt["blockHash"]
             if latest - number < self.s.confirmations or self.chain.block_hash(number) != block_hash:
                 if tx["state"] != "mined" or tx["block_number"] != number:
                     with transaction(self.conn):
@@ -128,7 +128,7 @@ class Worker:
             try:
                 payload = _loads(intent["payload"])
                 fn, args, gas = intents.call_for(intent["kind"], intent["settlement_id"], payload, owners)
-                data = self.chain.watt.encode_abi(fn, args=args)
+                data = self.chain.encode(fn, args)
             except (intents.IntentError, ValueError, TypeError, OverflowError) as e:
                 with transaction(self.conn):
                     outbox.reject(self.conn, intent["id"], e)
