@@ -526,11 +526,12 @@ class IngestCore:
         if not isinstance(body, dict):
             body = {"state": str(body)}
         with transaction(self.conn):
+            before = store.get_device(self.conn, device)["status"] or {}
             store.set_status(self.conn, device, body, self.clock())
             pub = body.get("pubkey")
-            if isinstance(pub, str) and pub and pub.lower() != d.pub.hex():
+            if isinstance(pub, str) and pub and pub.lower() != d.pub.hex() and pub != before.get("pubkey"):
                 store.add_event(self.conn, device, "status_pubkey_mismatch",
-                                "device announces a public key other than the registered one")
+                                f"device announces public key {pub[:20]}…, not the registered one")
         return device
 
     def verify_inline(self, work):

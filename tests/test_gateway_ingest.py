@@ -275,6 +275,7 @@ def test_status_messages_recorded(gwdb):
     core.status(topic("dev1", "status"), b"offline")
     assert store.get_device(gwdb, "dev1")["status"] == {"state": "offline"}
     core.status(topic("dev1", "status"), b'{"state":"online","pubkey":"04abcd"}')
+    core.status(topic("dev1", "status"), b'{"state":"online","pubkey":"04abcd"}')   # retained, again
     assert [e["kind"] for e in store.events(gwdb)] == ["status_pubkey_mismatch"]
     assert core.status(topic("nobody", "status"), b"{}") is None
     assert core.status(topic("dev1", "status"), os.urandom(50)) == "dev1"
