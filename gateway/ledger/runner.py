@@ -10,6 +10,8 @@ import time
 from gateway import db
 from gateway.ledger import keystore, tables
 from gateway.ledger.chain import Chain, ChainError, ChainUnavailable
+from gateway.ledger.keystore import KeystoreError
+from gateway.ledger.settings import LedgerConfigError
 from gateway.ledger.settlement import Engine
 from gateway.ledger.worker import Worker
 
@@ -24,6 +26,7 @@ class Runner:
         self.worker = None
         self.chain_up = None
         self.last = {}
+        self._problem = None
 
     def _worker(self):
         if self.worker is None:
@@ -34,18 +37,27 @@ class Runner:
         return self.worker
 
     def tick(self, now=None):
-        """One round; returns the worker's summary (or {'chain': 'down'})."""
+        """One round; returns the worker's summary (or {'chain': 'down' | 'error'})."""
         sids = self.engine.step(self.conn, now)
         try:
             summary = self._worker().step()
             if self.chain_up is False:
                 self.log.info("chain reachable again at %s", self.s.rpc_url)
             self.chain_up = True
+            self._problem = None
         except ChainUnavailable as e:
             if self.chain_up is not False:
                 self.log.warning("%s; settlements stay queued", e)
             self.chain_up = False
             summary = {"chain": "down"}
+        except (ChainError, KeystoreError, LedgerConfigError) as e:
+            # Not deployed yet, wrong chain id, no key or password: the operator must act.
+            if str(e) != self._problem:
+                self.log.error("ledger cannot reach its contracts: %s; settlements stay queued", e)
+            self._problem = str(e)
+            self.worker = None if isinstance(e, (KeystoreError, LedgerConfigError)) else self.worker
+            self.chain_up = False
+            summary = {"chain": "error", "error": str(e)}
         summary["settled"] = len(sids)
         self.last = summary
         return summary
