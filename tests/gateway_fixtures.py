@@ -268,3 +268,14 @@ def start_gateway(tmp_path, config_path, db_path, name="gw"):
     finally:
         conn.close()
     return svc
+
+
+@pytest.fixture(name="cleanup")
+def cleanup_fixture():
+    """Things with stop()/close() to end after the test, even when it fails."""
+    items = []
+    yield items
+    import contextlib
+    for item in reversed(items):
+        with contextlib.suppress(Exception):   # best effort at teardown
+            (getattr(item, "stop", None) or item.close)()

@@ -10,6 +10,7 @@ from gateway import db, store
 from tests.gateway_fixtures import (
     ReplayingDevice,
     Signer,
+    cleanup_fixture,  # noqa: F401  (fixture)
     cli_invoke,
     gateway_config,
     gwdb_fixture,  # noqa: F401
@@ -32,7 +33,7 @@ def _stored_seqs(db_path, device="dev1"):
         conn.close()
 
 
-def test_ingest_through_mosquitto(tmp_path, gwdb):
+def test_ingest_through_mosquitto(tmp_path, gwdb, cleanup):
     db_path = tmp_path / "gw.sqlite"
     s1, s3 = Signer("dev1"), Signer("dev3")
     s1.register(gwdb)
@@ -42,8 +43,11 @@ def test_ingest_through_mosquitto(tmp_path, gwdb):
         cfg = gateway_config(tmp_path, mosq.port, summary["gateway_password_file"],
                              ingest={"resend_cooldown_s": 0.0})
         gw = start_gateway(tmp_path, cfg, db_path)
+        cleanup.append(gw)
         dev = ReplayingDevice(mosq.port, s1, _password(summary, "dev1")).start()
+        cleanup.append(dev)
         checker = db.connect(db_path, readonly=True)
+        cleanup.append(checker)
         violations = []
 
         def check_ack_committed(client, userdata, msg):   # runs on every ack the device gets
@@ -91,6 +95,7 @@ def test_ingest_through_mosquitto(tmp_path, gwdb):
         res = cli_invoke("device", "revoke", "--db", db_path, "--id", "dev3", "--broker-dir", tmp_path / "nowhere")
         assert res.exit_code == 0, res.stderr
         dev3 = ReplayingDevice(mosq.port, s3, _password(summary, "dev3")).start()   # broker not reloaded
+        cleanup.append(dev3)
         dev3.send(1, s3.record(1, 5, 0, now))
         wait_for(lambda: any(r["reason"] == "revoked_device" for r in store.quarantined(gwdb)),
                  what="revoked device quarantined")
@@ -108,12 +113,9 @@ def test_ingest_through_mosquitto(tmp_path, gwdb):
         assert st["service"]["running"] is False
         log = (tmp_path / "gw.log").read_text()
         assert "gateway stopped" in log and "Traceback" not in log
-        for p in (dev, dev3):
-            p.close()
-        checker.close()
 
 
-def test_sigkill_during_ingest_loses_nothing_acknowledged(tmp_path, gwdb):
+def test_sigkill_during_ingest_loses_nothing_acknowledged(tmp_path, gwdb, cleanup):
     db_path = tmp_path / "gw.sqlite"
     s1 = Signer("dev1")
     s1.register(gwdb)
@@ -124,7 +126,9 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(tmp_path, gwdb):
                              ingest={"workers": 1, "pool_min_batch": 4, "batch_size": 50,
                                      "resend_cooldown_s": 0.5})
         gw = start_gateway(tmp_path, cfg, db_path, name="gw1")
+        cleanup.append(gw)
         dev = ReplayingDevice(mosq.port, s1, _password(summary, "dev1")).start()
+        cleanup.append(dev)
         now = int(time.time())
         records = [s1.record(i, 10 * i, i, now - 2 * n + i) for i in range(1, n + 1)]
         killed = False
