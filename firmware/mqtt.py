@@ -93,6 +93,7 @@ class Client:
         self._buf = bytearray(max_packet + 64)
         self._n = 0
         self._skip = 0
+        self._eof = False
         self._poll = None
         self._last_tx = 0
         self._ping_sent = None
@@ -113,6 +114,7 @@ class Client:
             self._poll.register(sock, select.POLLIN)
             self._n = 0
             self._skip = 0
+            self._eof = False
             self._send(self._connect_packet())
             start = ticks_ms()
             while True:
@@ -251,6 +253,8 @@ class Client:
         received). Bytes of a packet being skipped are dropped. OSError when the peer
         closed. Returns False when nothing was read."""
         sock = self._socket()
+        if self._eof:
+            raise OSError(104, "connection closed by broker")
         buf = self._buf
         got = False
         while self._n < len(buf):
@@ -263,6 +267,9 @@ class Client:
             if n is None:
                 return got
             if not n:
+                if got:                  # handle what came first (e.g. a refusing CONNACK)
+                    self._eof = True
+                    return got
                 raise OSError(104, "connection closed by broker")
             got = True
             if self._skip:
