@@ -266,7 +266,7 @@ class App:
                 self.sent = n - 1
         elif cmd == "set_interval":
             s = msg.get("interval_s")
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.05 <= s <= 86400:
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.01 <= s <= 86400:
                 return self._bad("set_interval", payload)
             self.set_interval(s)
         elif cmd == "reboot":

@@ -122,7 +122,7 @@ def validate(cfg):
     _text(mt["serial"], "meter.serial", 32)
     for pin in ("uart", "tx", "rx", "de"):
         _num(mt[pin], "meter." + pin, -1, 48)
-    _num(c["interval_s"], "interval_s", 0.05, 86400, integer=False)
+    _num(c["interval_s"], "interval_s", 0.01, 86400, integer=False)
     _num(c["status_interval_s"], "status_interval_s", 1, 86400, integer=False)
     _num(c["ack_timeout_s"], "ack_timeout_s", 0.5, 86400, integer=False)
     _num(c["log"]["max_bytes"], "log.max_bytes", 4096, 64 * 1024 * 1024)

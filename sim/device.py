@@ -102,7 +102,7 @@ ROMFS_SLACK = 8192       # VfsRom object, mount table, the boot snippet's own co
 # `mpremote romfs deploy` puts .mpy files in flash, executed in place, mounted at /rom).
 # On unix the image has to sit in a bytearray on the heap, so the heap is the budget plus
 # the image: what the firmware itself can use is the budget, as on the device.
-ROMBOOT = """\
+ROMFS_MOUNT = """\
 import gc, sys, vfs
 f = open(sys.argv[1], "rb")
 f.seek(0, 2)
@@ -118,6 +118,8 @@ ballast = bytearray(max(0, gc.mem_free() - int(sys.argv[2]) - 64))
 gc.collect()
 sys.stderr.write("romfs %d bytes at /rom; heap for the firmware %d bytes\\n"
                  % (len(rom), gc.mem_free()))
+"""
+ROMBOOT = ROMFS_MOUNT + """\
 from firmware.main import main
 main(sys.argv)
 """
@@ -171,19 +173,29 @@ def build_romfs():
 
 def heap_bytes(size):
     """'100K' -> 102400 (MicroPython's -X heapsize syntax)."""
+    if isinstance(size, int):
+        return size
     text = str(size).strip().upper()
     mult = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
     return int(text.rstrip("KM")) * mult
 
 
+def romfs_argv(code, heapsize, *args):
+    """micropython command line running `code` (which starts with ROMFS_MOUNT) with the
+    firmware image mounted at /rom and `heapsize` (bytes or "100K") left for the code;
+    sys.argv[3:] are `args`."""
+    image = build_romfs()
+    budget = heap_bytes(heapsize)
+    total = budget + image.stat().st_size + ROMFS_SLACK
+    return [micropython(), "-X", f"heapsize={total}", "-c", code, str(image), str(budget),
+            *map(str, args)]
+
+
 def firmware_argv(state_dir, heapsize=None):
     """micropython command line running the firmware from its ROMFS image with `heapsize`
     (default DEFAULT_HEAP) left for the firmware itself."""
-    image = build_romfs()
-    budget = heap_bytes(heapsize or DEFAULT_HEAP)
-    total = budget + image.stat().st_size + ROMFS_SLACK
-    return [micropython(), "-X", f"heapsize={total}", "-c", ROMBOOT, str(image), str(budget),
-            "--state-dir", str(Path(state_dir).resolve())]
+    return romfs_argv(ROMBOOT, heapsize or DEFAULT_HEAP,
+                      "--state-dir", Path(state_dir).resolve())
 
 
 def firmware_env():
