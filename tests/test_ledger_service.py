@@ -44,7 +44,7 @@ def counts(env):
         conn.close()
 
 
-def test_service_settles_drains_and_stops(ledger_env, caplog):
+def test_service_settles_drains_and_stops(ledger_env):
     env = ledger_env
     env.ledger["tick_s"] = 30.0          # only the hook can wake it in time
     env.write_config()

@@ -155,7 +155,8 @@ class Engine:
                     book.append((a, "EEA", -fee))
                 watt[a], eea[a] = held + delta, paid - fee
                 total += fee
-                acct_rows.append((sid, a, ex, im, mint, burn, grid, held, str(due), str(fee)))
+                if ex or im or due or a in devices:
+                    acct_rows.append((sid, a, ex, im, mint, burn, grid, held, str(due), str(fee)))
             for addr, amount in commission.split(total, owners, s.education_pool, s.network_pool):
                 book.append((addr, "EEA", amount))
                 eea[addr] += amount
@@ -166,6 +167,8 @@ class Engine:
                 outbox.enqueue(conn, "interval", sid, {
                     "community": s.community, "start": start, "batch": batch_no,
                     "records_hash": digest, "entries": entries})
+            if not (entries or chunk_rows or acct_rows):
+                continue  # only commission-free holders: nothing to record, batch number unused
             intervals.mark_settled(conn, [r["id"] for r in chunk_rows], sid)
             conn.execute(
                 "INSERT INTO ledger_batches(settlement_id, community, start, batch, records_hash, records, "
