@@ -68,7 +68,7 @@ def _bool(value, what):
 def merge(base, update, where=""):
     """base updated recursively with update; unknown keys are errors, "_..." are comments."""
     if not isinstance(update, dict):
-        raise ConfigError("%s must be a JSON object" % (where or "config"))
+        raise ConfigError("%s must be a JSON object" % (where.rstrip(".") or "config"))
     for key, value in update.items():
         if not isinstance(key, str):
             raise ConfigError("keys must be strings")
