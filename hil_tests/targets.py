@@ -1,0 +1,846 @@
+"""The target layer of the hardware-in-the-loop suite: the same handles on the emulator and
+on a bench with a real ESP32, so the tests never ask which one they have.
+
+    bench.device    the metering device, reached over its serial console with pyserial:
+                    sim   the real firmware under the MicroPython unix port, its console
+                          on a pseudo-terminal (pyserial opens the slave, the firmware has
+                          the master), power cycle = SIGKILL and start again;
+                    esp32 the board on --port (USB serial), power cycle = the EN line
+                          pulled low through the adapter's RTS (the auto-reset circuit).
+    bench.meter     sim: MeterEmulator (pymodbus) on a pty link to the firmware;
+                    esp32: MeterEmulator on the USB RS-485 adapter at --meter-port, or,
+                    without it, a real meter on the bus (no control: tests that must
+                    change what the meter says skip).
+    bench.broker    a real mosquitto configured by `egs-gw broker config` (per-device
+                    credentials and ACL); stop()/start() for outages.
+    bench.gateway   `egs-gw run` as a subprocess with a generated config: ingest, intervals,
+                    ledger on Anvil, and the OCPP central system (--ocpp).
+    bench.ledger    Anvil with the WATT/EEA contracts deployed by `egs-gw ledger deploy`.
+    bench.charger   sim (and esp32 without --charger-id): the charge point emulator of
+                    sim/charger.py; with --charger-id: a real charger pointed at the central
+                    system (tests that must drive it skip).
+
+Time. The gateway settles fixed 15-minute intervals (gateway/intervals.py, LENGTH_S) and
+neither it nor the ledger has a clock option. An interval closes when the device signs a
+reading at or after its end, which the firmware always does at a quarter hour. On the
+emulator the device's real-time clock is set back when it is powered up (the unix HAL's
+`time_ms` shifted by a fixed offset before the firmware starts; nothing else changes) so
+that a quarter hour falls `CROSSING_S` seconds after the bench starts: its readings are
+then a few minutes old when they arrive, which the gateway accepts, and the interval is
+settled at once. A real board keeps NTP time: the suite waits for the next real quarter
+hour (up to 16 minutes).
+
+Every process is started in its own process group through sim.services and is stopped
+by Bench.stop() (and at interpreter exit), whatever a test did.
+"""
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+import tty
+from pathlib import Path
+
+import pytest
+
+from sim.services import ANVIL_KEYS, Anvil, Mosquitto, Service, free_port, wait_port
+
+COMMUNITY = "hil"
+QUARTER_S = 900
+CROSSING_S = 45          # sim: seconds from the device's power-up to its next quarter hour
+READING_INTERVAL_S = 1   # firmware interval_s during the suite
+PASSWORD = "hil bench ledger password"
+PRICE_PER_KWH = "0.3 EEA"    # community price of energy (configured; no market on the bench)
+FEE_PER_KWH = "0.05 EEA"     # the station owner's service fee
+
+
+def address(label):
+    """A deterministic account address for a role on the bench."""
+    from eth_utils import keccak
+
+    return "0x" + keccak(text=f"egs-hil-{label}")[-20:].hex()
+
+
+POOL = address("energy-pool")        # the device's account and the OCPP energy pool
+OWNER = address("station-owner")
+EV_ACCOUNT = address("ev-driver")
+EDUCATION = address("education-pool")
+NETWORK = address("network-pool")
+
+
+def wait_for(predicate, timeout, what, interval=0.1):
+    """Poll until predicate() is truthy and return its value; the timeout only bounds a
+    test that would otherwise hang (no timing is asserted)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- egs-gw
+
+class CliError(AssertionError):
+    pass
+
+
+def egs_gw(config_path, *args, check=True):
+    """`egs-gw ... --config FILE --json` in this process (click's runner: the same code as
+    the console script, without a Python start per call). Returns the decoded JSON."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    argv = [str(a) for a in args] + ["--config", str(config_path), "--json"]
+    res = CliRunner().invoke(main, argv, catch_exceptions=False,
+                             env={"EGS_GW_CONFIG": None, "EGS_GW_DB": None})
+    if res.exit_code != 0:
+        if check:
+            raise CliError(f"egs-gw {' '.join(argv[:3])}… exited {res.exit_code}: "
+                           f"{res.stderr.strip()} {res.stdout.strip()[-500:]}")
+        return {"exit_code": res.exit_code, "stderr": res.stderr, "stdout": res.stdout}
+    return json.loads(res.stdout) if res.stdout.strip() else {}
+
+
+def toml_text(sections):
+    """A TOML file from {section: {key: value}}; dict values become sub-tables."""
+    out = []
+    for name, body in sections.items():
+        out.append(f"[{name}]")
+        subs = {}
+        for key, value in body.items():
+            if isinstance(value, dict):
+                subs[key] = value
+            else:
+                out.append(f"{key} = {json.dumps(value)}")
+        for key, sub in subs.items():
+            out.append(f"[{name}.{key}]")
+            out.extend(f"{k} = {json.dumps(v)}" for k, v in sub.items())
+        out.append("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- serial console
+
+class SerialConsole:
+    """The device's provisioning console (firmware/provision.py) over pyserial: one JSON
+    request per line, one JSON reply per line; lines that do not start with "{" (boot
+    chatter and logs on the ESP32's shared UART) are skipped."""
+
+    def __init__(self, path, baud=115200, timeout=15.0):
+        import serial
+
+        self.timeout = timeout
+        self.port = serial.Serial()
+        self.port.port = path
+        self.port.baudrate = baud
+        self.port.timeout = 0.1
+        # Deasserted before open: on an ESP32 board's auto-reset circuit DTR/RTS are
+        # IO0/EN, and opening the port must not reset the board.
+        self.port.dtr = False
+        self.port.rts = False
+        self.port.open()
+        self.port.reset_input_buffer()
+        self.buf = b""
+        self.transcript = []
+
+    def ask(self, request, timeout=None):
+        """Send one request (a dict, or a raw line) and return the decoded JSON reply."""
+        line = request if isinstance(request, (bytes, str)) else json.dumps(request)
+        if isinstance(line, str):
+            line = line.encode()
+        self.port.reset_input_buffer()
+        self.buf = b""
+        self.port.write(line + b"\n")
+        self.port.flush()
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while time.monotonic() < deadline:
+            chunk = self.port.read(self.port.in_waiting or 1)
+            self.buf += chunk
+            while b"\n" in self.buf:
+                reply, self.buf = self.buf.split(b"\n", 1)
+                reply = reply.strip()
+                self.transcript.append(reply)
+                if reply.startswith(b"{"):
+                    return json.loads(reply)
+        raise TimeoutError(f"no console reply to {line[:60]!r} within {timeout or self.timeout} s")
+
+    def close(self):
+        self.port.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------- devices
+
+class _Device:
+    """What both kinds of device offer the tests."""
+
+    kind = ""
+    platform = ""
+    console_path = None
+    clock_offset_s = 0         # device clock = host clock - clock_offset_s
+
+    @contextlib.contextmanager
+    def console(self, timeout=15.0):
+        con = SerialConsole(self.console_path, timeout=timeout)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def ask(self, request, timeout=15.0):
+        """One console request on a freshly opened port (closed again afterwards, so
+        `egs-gw device provision` can open the port too)."""
+        with self.console(timeout) as con:
+            return con.ask(request)
+
+    def status(self):
+        return self.ask({"cmd": "status"})
+
+    def wait_console(self, timeout=30.0):
+        """Until the (re)booted device answers `hello` on its console."""
+        def hello():
+            try:
+                reply = self.ask({"cmd": "hello"}, timeout=1.0)
+            except (TimeoutError, OSError):
+                return None
+            return reply if reply.get("ok") else None
+        return wait_for(hello, timeout, "the device's console to answer")
+
+    def now(self):
+        """The device's clock (epoch seconds)."""
+        return time.time() - self.clock_offset_s
+
+
+def _clock_prelude(offset_ms):
+    """MicroPython lines run before firmware.main: the unix HAL's wall clock set back by
+    offset_ms, as a device whose RTC is behind would read it."""
+    return ("import firmware.hal.unix as _hu\n"
+            "_hu_time_ms = _hu.Hal.time_ms\n"
+            f"_hu.Hal.time_ms = lambda self: _hu_time_ms(self) - {int(offset_ms)}\n"
+            "del _hu\n")
+
+
+class SimDevice(_Device):
+    """The real firmware under `micropython` (sim/device.py DeviceProcess), unprovisioned,
+    with its console on a pseudo-terminal. The slave end stays open here for the whole
+    run, as a USB serial chip stays on the bus, so the firmware never sees its console
+    hang up; pyserial opens it by path like /dev/ttyUSB0."""
+
+    kind = "sim"
+    platform = "unix"          # what the firmware's `hello` reports (its HAL)
+
+    def __init__(self, workdir, crossing_at):
+        from sim.device import DeviceProcess
+
+        self.workdir = Path(workdir)
+        self.state_dir = self.workdir / "device"
+        master, slave = os.openpty()
+        tty.setraw(slave)              # no echo of the firmware's replies back into it
+        self._fds = [master, slave]
+        self.console_path = os.ttyname(slave)
+        self._bridge = None
+        try:
+            self.proc = DeviceProcess(self.state_dir, console_fd=master)
+        except TypeError:              # a DeviceProcess with pipe consoles only: bridge
+            self.proc = DeviceProcess(self.state_dir)
+            self._bridge = master
+        # the device's clock: the next quarter hour falls at crossing_at (host time)
+        boundary = int(crossing_at) // QUARTER_S * QUARTER_S
+        offset = crossing_at - boundary
+        if offset < 10:
+            offset += QUARTER_S
+        self.clock_offset_s = offset
+        self.proc.argv = self._with_clock(self.proc.argv, int(offset * 1000))
+
+    @staticmethod
+    def _with_clock(argv, offset_ms):
+        from sim.device import ROMBOOT
+
+        i = argv.index("-c") + 1
+        anchor = "from firmware.main import main"
+        if argv[i] != ROMBOOT or anchor not in ROMBOOT:
+            raise RuntimeError("sim/device.py boots the firmware differently now: "
+                               "update hil_tests/targets.py SimDevice._with_clock")
+        argv = list(argv)
+        argv[i] = ROMBOOT.replace(anchor, _clock_prelude(offset_ms) + anchor)
+        return argv
+
+    def start(self):
+        self.proc.start()
+        if self._bridge is not None:
+            threading.Thread(target=self._pump_console, daemon=True).start()
+        return self
+
+    def _pump_console(self):
+        """Fallback bridge: lines from the pty go to the firmware's stdin through
+        DeviceProcess.request(), replies come back onto the pty."""
+        fd, buf = self._bridge, b""
+        while self._bridge is not None:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                try:
+                    reply = self.proc.request(line.strip(), timeout=15)
+                except Exception as e:  # noqa: BLE001 - reported on the console
+                    reply = {"ok": False, "error": f"bridge: {e}"}
+                os.write(fd, json.dumps(reply).encode() + b"\n")
+
+    def power_cycle(self, off_s=0.0):
+        """A power cut: SIGKILL (whatever the firmware was doing), then power up again."""
+        self.proc.kill()
+        time.sleep(off_s)
+        self.proc.start()
+
+    def log_tail(self, n=3000):
+        return self.proc.log_text()[-n:]
+
+    def stop(self):
+        try:
+            self.proc.stop()
+        finally:
+            self._bridge = None
+            for fd in self._fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._fds = []
+
+
+class Esp32Device(_Device):
+    """An ESP32 running the firmware, its console on a USB serial adapter."""
+
+    kind = "esp32"
+    platform = "esp32"
+
+    def __init__(self, port):
+        self.console_path = port
+
+    def start(self):
+        return self
+
+    def power_cycle(self, off_s=0.0):
+        """Reset through the adapter: RTS pulls EN low (IO0 stays high through DTR, so the
+        chip boots the firmware, not the ROM loader), as esptool's hard reset does."""
+        import serial
+
+        s = serial.Serial()
+        s.port = self.console_path
+        s.baudrate = 115200
+        s.dtr = False
+        s.rts = False
+        s.open()
+        try:
+            s.dtr = False
+            s.rts = True
+            time.sleep(max(0.1, off_s))
+            s.rts = False
+        finally:
+            s.close()
+
+    def log_tail(self, n=3000):
+        return "(the ESP32 logs to its console UART)"
+
+    def stop(self):
+        pass
+
+
+# ---------------------------------------------------------------- meters
+
+class EmulatedMeter:
+    """MeterEmulator: on a pty link to the emulated device, or on a USB RS-485 adapter
+    wired to the ESP32's bus. It exports at a steady rate (a PV system in full sun), so the
+    ledger has WATT to mint."""
+
+    emulated = True
+    MODEL = "sdm630"
+    SERIAL = 20240815
+    EXPORT_W = -36_000       # flat profile: negative = export
+    SPEED = 10               # simulated seconds per real second: 100 Wh of export per second
+
+    def __init__(self, serial_link):
+        from sim.meter import MeterEmulator
+
+        self.emulator = MeterEmulator(self.MODEL, serial_link=serial_link, profile="flat",
+                                      flat_w=self.EXPORT_W, speed=self.SPEED,
+                                      import_wh=2_345_678, export_wh=1_000_000,
+                                      serial_number=self.SERIAL)
+        self.serial = str(self.SERIAL)
+
+    @property
+    def link(self):
+        """The tty the emulated device opens (the pty link's far end)."""
+        return self.emulator.tty_path
+
+    def start(self):
+        self.emulator.start()
+        return self
+
+    def stop(self):
+        self.emulator.stop()
+
+    def require_control(self, why):
+        return self
+
+    def disconnect(self):
+        """The meter falls silent on the bus, as with its A/B pair unplugged."""
+        self.emulator.set_fault("timeout")
+
+    def reconnect(self):
+        self.emulator.clear_fault()
+
+    def energy_wh(self):
+        return self.emulator.energy_wh()
+
+
+class RealMeter:
+    """A meter on the ESP32's RS-485 bus that the suite cannot control."""
+
+    emulated = False
+    link = None
+    serial = None
+
+    def start(self):
+        return self
+
+    def stop(self):
+        pass
+
+    def require_control(self, why):
+        pytest.skip(f"{why}: a real meter is not under the suite's control "
+                    "(give --meter-port with a USB RS-485 adapter driven by the emulator)")
+
+
+# ---------------------------------------------------------------- chargers
+
+class SimCharger:
+    """sim/charger.py's SimChargePoint on its own event loop thread, with blocking helpers."""
+
+    external = False
+
+    def __init__(self, url, charger_id, password):
+        self.url, self.id, self.password = url, charger_id, password
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                       name=f"charger-{charger_id}")
+        self.cp = None
+
+    def run(self, coro, timeout=60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self):
+        from sim.charger import SimChargePoint
+
+        self.thread.start()
+
+        async def go():
+            self.cp = SimChargePoint(self.url, self.id, password=self.password, connectors=1,
+                                     register_wh=4_000_000, backoff=(0.2, 2.0))
+            await self.cp.start()
+            await self.cp.wait_connected(30)
+        self.run(go())
+        return self
+
+    def require_control(self, why):
+        return self
+
+    def charge(self, id_tag, wh):
+        """One session: plug in, authorize and start, deliver `wh`, stop; the transactionId."""
+        from sim.charger import EV
+
+        async def go():
+            cp = self.cp
+            tx = await cp.start_transaction(1, id_tag, ev=EV(60, 11, 0.2, id_tag=id_tag))
+            await asyncio.wait_for(tx.started, 20)
+            if tx.id is None or getattr(tx, "status", "Accepted") not in (None, "Accepted"):
+                raise AssertionError(f"the central system refused the start: {vars(tx)}")
+            await cp.deliver(1, wh)
+            done = await cp.stop_transaction(1)
+            await asyncio.wait_for(done.done, 20)
+            return tx.id
+        return self.run(go())
+
+    def stop(self):
+        if self.cp is not None and self.loop.is_running():
+            with contextlib.suppress(Exception):
+                self.run(self.cp.close(), timeout=10)
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+
+class ExternalCharger:
+    """A real charger configured with the central system's URL and this chargeBoxId."""
+
+    external = True
+
+    def __init__(self, charger_id):
+        self.id = charger_id
+
+    def start(self):
+        return self
+
+    def require_control(self, why):
+        pytest.skip(f"{why}: the real charger {self.id} needs a car plugged in and a card "
+                    "presented; run without --charger-id to use the charge point emulator")
+
+    def stop(self):
+        pass
+
+
+# ---------------------------------------------------------------- the bench
+
+class Bench:
+    """Everything the suite runs against, started once per session."""
+
+    def __init__(self, opts, workdir):
+        self.opts = opts
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.target = opts["target"]
+        self.device_id = opts["device_id"] or ("hil-sim-1" if self.target == "sim" else "hil-esp32")
+        self.db_path = self.workdir / "gateway.sqlite"
+        self.config_path = self.workdir / "gateway.toml"
+        self.broker_dir = self.workdir / "broker"
+        host, _, port = (opts["broker"] or "127.0.0.1:0").rpartition(":")
+        self.broker_host = host or "127.0.0.1"
+        self.broker_port = int(port) if port and port != "0" else free_port()
+        self.ocpp_port = free_port()
+        self.started = time.time()
+        self._stack = []        # (name, stop) in start order
+        self._conn = None
+        self.provisioned = None
+        self.ledger = self.anvil = self.broker = self.gateway = None
+        self.device = self.meter = self.charger = None
+        self.charger_id = opts["charger_id"] or "HIL-CP1"
+        self.charger_password = opts.get("charger_password") or "hil-charger-pw-1"
+        self.id_tag = "HIL-EV-1"
+
+    # -- life cycle ----------------------------------------------------------------
+    def _started(self, name, stop):
+        self._stack.append((name, stop))
+
+    def start(self):
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self):
+        self.anvil = Anvil(self.workdir / "anvil").start()
+        self._started("anvil", self.anvil.stop)
+        self._write_config()
+        self._deploy()
+        self._configure_broker()
+        self.broker = Mosquitto(self.broker_dir, port=self.broker_port,
+                                config_text=(self.broker_dir / "mosquitto.conf").read_text())
+        self.broker.start()
+        self._started("mosquitto", self.broker.stop)
+        self.gateway = Gateway(self)
+        self.gateway.start()
+        self._started("gateway", self.gateway.stop)
+        self.meter = self._make_meter().start()
+        self._started("meter", self.meter.stop)
+        self.device = self._make_device().start()
+        self._started("device", self.device.stop)
+        self.device.wait_console(60)
+        self.provisioned = self._provision()
+        self._register_charging()
+        self.charger = self._make_charger().start()
+        self._started("charger", self.charger.stop)
+
+    def stop(self):
+        errors = []
+        while self._stack:
+            name, stop = self._stack.pop()
+            try:
+                stop()
+            except Exception as e:  # noqa: BLE001 - stop everything else regardless
+                errors.append(f"{name}: {e!r}")
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if errors:
+            raise RuntimeError("bench stopped with errors: " + "; ".join(errors))
+
+    # -- pieces ----------------------------------------------------------------------
+    def _make_meter(self):
+        if self.target == "sim":
+            return EmulatedMeter(self.workdir / "meter-link")
+        if self.opts["meter_port"]:
+            return EmulatedMeter(self.opts["meter_port"])
+        return RealMeter()
+
+    def _make_device(self):
+        if self.target == "sim":
+            return SimDevice(self.workdir, time.time() + CROSSING_S)
+        return Esp32Device(self.opts["port"])
+
+    def _make_charger(self):
+        if self.opts["charger_id"]:
+            return ExternalCharger(self.opts["charger_id"])
+        return SimCharger(self.ocpp_url, self.charger_id, self.charger_password)
+
+    def _register_charging(self):
+        """The charger (Basic auth password, station owner, service fee) and the EV
+        driver's idTag with the account it pays from, as an operator registers them."""
+        self.gw("charger", "add", "--id", self.charger_id, "--password", self.charger_password,
+                "--owner", OWNER, "--fee", FEE_PER_KWH)
+        self.gw("account", "add", "--id-tag", self.id_tag, "--address", EV_ACCOUNT)
+
+    @property
+    def ocpp_url(self):
+        return f"ws://127.0.0.1:{self.ocpp_port}/ocpp"
+
+    def _write_config(self):
+        from eth_account import Account
+
+        from gateway.ledger import keystore
+
+        company = Account.from_key(ANVIL_KEYS[1]).address.lower()
+        self.company_key = ANVIL_KEYS[1]
+        (self.workdir / "ledger-password").write_text(PASSWORD + "\n")
+        os.chmod(self.workdir / "ledger-password", 0o600)
+        # Anvil's first development key as the gateway's ledger key (cheap KDF: a test key)
+        keystore.create(self.workdir / "ledger-key.json", PASSWORD, ANVIL_KEYS[0],
+                        kdf="pbkdf2", iterations=1000)
+        sections = {
+            "gateway": {"community": COMMUNITY, "components": ["ledger", "ocpp"]},
+            "store": {"db": str(self.db_path)},
+            "mqtt": {"broker": f"127.0.0.1:{self.broker_port}", "user": "egs-gateway",
+                     "password_file": str(self.broker_dir / "credentials" / "egs-gateway.password"),
+                     "keepalive": 10, "reconnect_max_s": 1.0},
+            # gaps are filled by the device, never given up: a lost reading fails the suite
+            "ingest": {"resend_cooldown_s": 1.0, "gap_give_up": 0},
+            "intervals": {"tick_s": 0.5, "grace_s": 0},
+            "broker": {"dir": str(self.broker_dir), "host": self.broker_host,
+                       "port": self.broker_port},
+            "ledger": {
+                "rpc_url": self.anvil.url, "chain_id": 31337,
+                "keystore": str(self.workdir / "ledger-key.json"),
+                "password_file": str(self.workdir / "ledger-password"),
+                "deployment": str(self.workdir / "ledger-deployment.json"),
+                "confirmations": 0, "grace_s": 5, "tick_s": 0.3,
+                "education_pool": EDUCATION, "network_pool": NETWORK,
+                "distribution": {"open_issue": address("open-issue"), "company": company,
+                                 "foundation": address("foundation"),
+                                 "founding_team": address("founding-team"),
+                                 "contribution": address("contribution")},
+            },
+            "ocpp": {"enabled": True, "listen": f"127.0.0.1:{self.ocpp_port}",
+                     "price_per_kwh": PRICE_PER_KWH, "min_deposit_eea": "1 EEA",
+                     "energy_pool": POOL, "command_poll_s": 0.2},
+        }
+        self.config_path.write_text(toml_text(sections))
+
+    def gw(self, *args, check=True):
+        return egs_gw(self.config_path, *args, check=check)
+
+    def _deploy(self):
+        self.deployment = self.gw("ledger", "deploy")
+
+    def _configure_broker(self):
+        run_as = "root" if os.geteuid() == 0 else ""
+        args = ["broker", "config", "--out", self.broker_dir, "--community", COMMUNITY,
+                "--host", self.broker_host, "--port", self.broker_port]
+        if run_as:
+            args += ["--run-as", run_as]
+        self.broker_summary = self.gw(*args)
+
+    def device_broker(self):
+        """The broker address the device is given (on a bench: this machine's LAN address)."""
+        return f"{self.broker_host}:{self.broker_port}"
+
+    def provision_args(self):
+        """`egs-gw device provision` for the bench's device, as an installer runs it."""
+        args = ["device", "provision", "--port", self.device.console_path, "--id", self.device_id,
+                "--community", COMMUNITY, "--broker", self.device_broker(),
+                "--broker-dir", self.broker_dir, "--meter-model", EmulatedMeter.MODEL,
+                "--interval", READING_INTERVAL_S, "--account", POOL, "--timeout", 60]
+        if self.device.kind == "sim":          # the unix port opens the meter by path
+            args += ["--meter-link", self.meter.link]
+        if self.opts["wifi_ssid"]:
+            args += ["--wifi-ssid", self.opts["wifi_ssid"],
+                     "--wifi-password", self.opts["wifi_password"] or ""]
+        return args
+
+    def _provision(self):
+        """`egs-gw device provision` over the device's serial console, then the bench's
+        own timing (reconnect backoff, ack timeout) set over the same console; later
+        provisioning keeps these (the device merges a provision onto its configuration)."""
+        hello = self.device.ask({"cmd": "hello"})
+        if hello.get("has_key") and self._device_has_history():
+            self._preregister()
+        label = self.gw(*self.provision_args())
+        reply = self.device.ask({"cmd": "provision", "ack_timeout_s": 5, "status_interval_s": 5,
+                                 "mqtt": {"backoff_max_s": 1, "keepalive_s": 10}})
+        assert reply.get("ok"), reply
+        self.device.ask({"cmd": "reboot"})
+        self.device.wait_console(60)
+        self.wait_stored(3, what="the first readings after provisioning")
+        return {"hello": hello, "label": label}
+
+    def _device_has_history(self):
+        st = self.device.status()
+        self._history = st
+        return bool(st.get("seq"))
+
+    def _preregister(self):
+        """A board that signed readings in an earlier run starts above 1: registered with
+        the next number it will sign (the gateway would otherwise wait for readings the
+        board deleted after an earlier gateway acknowledged them)."""
+        st = self._history
+        serial = st.get("meter_serial") or self.meter.serial
+        pub = self.device.ask({"cmd": "pubkey"})["pubkey"]
+        if serial:
+            self.gw("device", "add", "--id", self.device_id, "--pubkey", pub, "--meter-serial",
+                    serial, "--account", POOL, "--first-seq", int(st["seq"]) + 1)
+
+    # -- the store ---------------------------------------------------------------------
+    def conn(self):
+        if self._conn is None:
+            from gateway import db
+
+            self._conn = db.connect(self.db_path)
+        return self._conn
+
+    def query(self, sql, *args):
+        return self.conn().execute(sql, args).fetchall()
+
+    def stored_seqs(self):
+        return [r[0] for r in self.query(
+            "SELECT seq FROM readings WHERE device_id=? ORDER BY seq", self.device_id)]
+
+    def first_seq(self):
+        row = self.query("SELECT first_seq FROM devices WHERE id=?", self.device_id)
+        return row[0][0] if row else 1
+
+    def contiguous_top(self):
+        """Highest n such that first_seq..n are all stored."""
+        seqs = self.stored_seqs()
+        top = self.first_seq() - 1
+        for s in seqs:
+            if s == top + 1:
+                top = s
+            elif s > top + 1:
+                break
+        return top
+
+    def wait_stored(self, upto, timeout=60, what=None):
+        """Until every sequence from the device's first up to `upto` is stored."""
+        wait_for(lambda: self.contiguous_top() >= upto, timeout,
+                 what or f"readings up to {upto} stored without a gap")
+        return self.contiguous_top()
+
+    def quarantine(self, reasons=None):
+        rows = self.query("SELECT reason, detail, raw, seq, device_id FROM quarantine ORDER BY id")
+        return [dict(r) for r in rows if reasons is None or r["reason"] in reasons]
+
+    def settlement_wait_s(self):
+        """Upper bound for the device's next quarter hour to be signed and settled."""
+        device_now = self.device.now()
+        to_boundary = QUARTER_S - device_now % QUARTER_S
+        return to_boundary + 90
+
+    def outbox_idle(self):
+        return not self.query("SELECT 1 FROM ledger_outbox WHERE state IN ('queued', 'signed')")
+
+    def chain(self):
+        from gateway.ledger.chain import Chain
+
+        return Chain(self.anvil.url, 31337, json.loads(
+            (self.workdir / "ledger-deployment.json").read_text()))
+
+    def deposit(self, account, amount):
+        """An EV owner's prepayment: EEA from the company's holding into `account`'s escrow
+        on the WATT contract (the ledger worker picks the Deposited event up)."""
+        from eth_account import Account
+        from web3 import Web3
+
+        chain = self.chain()
+        payer = Account.from_key(self.company_key)
+        for fn in (chain.eea.functions.approve(chain.watt.address, amount),
+                   chain.watt.functions.depositFor(Web3.to_checksum_address(account), amount)):
+            tx = fn.build_transaction({"from": payer.address, "chainId": 31337, "nonce":
+                                       chain.w3.eth.get_transaction_count(payer.address, "pending")})
+            h = chain.w3.eth.send_raw_transaction(payer.sign_transaction(tx).raw_transaction)
+            receipt = chain.w3.eth.wait_for_transaction_receipt(h, timeout=30, poll_latency=0.05)
+            assert receipt["status"] == 1, f"{fn.fn_name} reverted"
+
+    def book(self, account, asset):
+        from gateway import accounts
+
+        return accounts.balance(self.conn(), account, asset)
+
+    def log_tails(self):
+        """Logs worth reading when a test fails."""
+        out = []
+        for name, path in (("gateway", self.workdir / "gateway.log"),
+                           ("mosquitto", self.broker_dir / "mosquitto.log")):
+            try:
+                out.append(f"--- {name}\n" + path.read_text(errors="replace")[-3000:])
+            except OSError:
+                pass
+        if self.device is not None:
+            out.append("--- device\n" + self.device.log_tail())
+        return "\n".join(out)
+
+
+class Gateway:
+    """`egs-gw run` as a real process with the bench's config and --ocpp."""
+
+    def __init__(self, bench):
+        self.bench = bench
+        self.log_path = bench.workdir / "gateway.log"
+        exe = shutil.which("egs-gw", path=str(Path(sys.executable).parent))
+        argv = [exe] if exe else [sys.executable, "-m", "gateway.cli"]
+        self.svc = Service(argv + ["run", "--config", bench.config_path,
+                                   "--ocpp", f"127.0.0.1:{bench.ocpp_port}"],
+                           log_path=self.log_path, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def start(self):
+        from gateway import db, store
+
+        self.svc.start()
+        conn = db.connect(self.bench.db_path)
+        try:
+            def up():
+                if not self.svc.alive:
+                    raise AssertionError("egs-gw run exited:\n"
+                                         + self.log_path.read_text(errors="replace")[-3000:])
+                try:
+                    value, _ = store.get_state(conn, "service")
+                except Exception:  # noqa: BLE001 - schema not there yet
+                    return False
+                return bool(value and value.get("pid") == self.svc.proc.pid
+                            and value.get("connected"))
+            wait_for(up, 60, "the gateway to connect to the broker")
+        finally:
+            conn.close()
+        wait_port(self.bench.ocpp_port, timeout=30, proc=self.svc.proc)
+        return self
+
+    def stop(self):
+        self.svc.stop(timeout=20)
+
+    @property
+    def alive(self):
+        return self.svc.alive
