@@ -72,9 +72,11 @@ def format_eea(units):
     return f"{sign}{whole} EEA"
 
 
-def parse_listen(text):
-    """'HOST:PORT' or '[v6]:PORT' → (host, port)."""
+def parse_listen(text, default_port=9000):
+    """'HOST:PORT', '[v6]:PORT' or 'HOST' (port 9000) → (host, port)."""
     text = str(text).strip()
+    if text and ":" not in text:
+        return text, default_port
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"ocpp.listen: expected HOST:PORT, got {text!r}")

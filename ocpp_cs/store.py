@@ -456,11 +456,13 @@ def _verify_signed(value, meter_key, ocmf):
     return "verified", note.lstrip("; "), record
 
 
-def record_meter_values(conn, charger_id, connector_id, transaction_id, meter_value, source):
+def record_meter_values(conn, charger_id, connector_id, transaction_id, meter_value, source,
+                        lenient=False):
     """Store every sampled value (raw text kept); verify SignedData on arrival.
 
     Returns the number of values stored. Values for a transaction that is not this
-    charger's are stored unlinked and logged as a security event.
+    charger's are stored unlinked and logged as a security event. A timestamp that
+    is not RFC 3339 is refused, or with `lenient` stored as sent.
     """
     charger = get_charger(conn, charger_id)
     meter_key = charger["meter_key"] if charger else None
@@ -473,7 +475,8 @@ def record_meter_values(conn, charger_id, connector_id, transaction_id, meter_va
     n = 0
     for mv in meter_value:
         ts = mv["timestamp"]
-        parse_time(ts)
+        if not lenient:
+            parse_time(ts)
         for sv in mv["sampledValue"]:
             verify_state = detail = record_hash = None
             signed_wh = signed_seq = None
@@ -572,8 +575,16 @@ def assess(tx, values, charger, settings, replayed_from=None):
 
 def stop_transaction(conn, charger_id, transaction_id, meter_stop, timestamp, settings,
                      price_source, reason=None, id_tag=None, transaction_data=None):
-    """Record a stop and settle at most once. → idTagInfo dict or None (always answerable)."""
-    stop_epoch = parse_time(timestamp)
+    """Record a stop and settle at most once. → idTagInfo dict or None.
+
+    Always answerable: a stop the charger would otherwise retry and finally drop
+    (unreadable timestamp, malformed transactionData) is kept and held for review.
+    """
+    hold = None
+    try:
+        stop_epoch = parse_time(timestamp)
+    except StoreError as e:
+        stop_epoch, hold = now(), f"StopTransaction timestamp unreadable ({e})"
     tx = get_transaction(conn, transaction_id)
     if tx is None or tx["charger_id"] != charger_id:
         event(conn, charger_id, "security" if tx is not None else "unknown_transaction",
@@ -591,13 +602,16 @@ def stop_transaction(conn, charger_id, transaction_id, meter_stop, timestamp, se
                   first=[tx["meter_stop"], tx["stop_ts"]], now=[meter_stop, timestamp])
         return info
     if transaction_data:
-        record_meter_values(conn, charger_id, tx["connector_id"], transaction_id,
-                            transaction_data, "StopTransaction")
+        try:
+            record_meter_values(conn, charger_id, tx["connector_id"], transaction_id,
+                                transaction_data, "StopTransaction", lenient=True)
+        except StoreError as e:
+            hold = f"transactionData unreadable ({e})"
     conn.execute(
         "UPDATE ocpp_transactions SET meter_stop=?, stop_ts=?, stop_epoch=?, stop_reason=?, "
         "stop_id_tag=?, stopped_at=? WHERE id=?",
         (meter_stop, timestamp, stop_epoch, reason, id_tag, now(), transaction_id))
-    settle(conn, transaction_id, settings, price_source)
+    settle(conn, transaction_id, settings, price_source, hold=hold)
     return info
 
 
@@ -624,7 +638,8 @@ def records_hash(tx, values):
     return "0x" + keccak(json.dumps(facts, sort_keys=True, separators=(",", ":")).encode()).hex()
 
 
-def settle(conn, transaction_id, settings, price_source, energy_override=None, note=""):
+def settle(conn, transaction_id, settings, price_source, energy_override=None, note="",
+           hold=None):
     """Bill a stopped transaction, or hold it for review. Exactly once per transaction.
 
     In one transaction: the balance-book entries (EV pays energy + fee; the pool
@@ -648,6 +663,8 @@ def settle(conn, transaction_id, settings, price_source, energy_override=None, n
     if energy_override is None:
         energy, source, reasons, notes = assess(tx, values, charger, settings,
                                                 _replayed_from(conn, transaction_id, values))
+        if hold:
+            reasons.append(hold)
         if tx["address"] is None:
             reasons.append(f"idTag {tx['id_tag']} has no account")
         elif tx["auth_status"] != "Accepted" and energy > 0:

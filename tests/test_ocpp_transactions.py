@@ -242,3 +242,22 @@ def test_insufficient_balance_at_stop_is_held_not_overdrawn(tmp_path):
     assert tx["state"] == "review" and "not enough EEA" in tx["review_reason"]
     assert eea(conn, EV_ADDR) == DEPOSIT and eea(conn, POOL) == 0
     assert conn.execute("SELECT COUNT(*) FROM ledger_outbox").fetchone()[0] == 0
+
+
+def test_stop_with_unreadable_timestamp_is_answered_kept_and_held(tmp_path):
+    seed(tmp_path / "g.db", chargers=[("CP1", {})], tags=[("TAG1", EV_ADDR, 5 * DEPOSIT)])
+
+    async def go():
+        async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
+            tx = (await c.ok("StartTransaction", {
+                "connectorId": 1, "idTag": "TAG1", "meterStart": 0,
+                "timestamp": now_iso(-3600)}))["transactionId"]
+            assert await c.ok("StopTransaction", {
+                "transactionId": tx, "meterStop": 5_000, "timestamp": "yesterday-ish",
+                "transactionData": [{"timestamp": "later", "sampledValue": [{"value": "5000"}]}]}
+            ) == {}
+            return tx
+    tx = db(tmp_path / "g.db").execute("SELECT * FROM ocpp_transactions WHERE id=?",
+                                       (run(go()),)).fetchone()
+    assert (tx["state"], tx["meter_stop"], tx["stop_ts"]) == ("review", 5_000, "yesterday-ish")
+    assert "timestamp unreadable" in tx["review_reason"]
