@@ -152,3 +152,12 @@ def test_chain_down_status_still_answers_and_run_reports_an_undrained_outbox(led
     assert js(cli(env, "status", "--json"))["outbox"] == {"queued": 1}
     r = cli(env, "reconcile")
     assert r.exit_code == 1 and "chain not reachable" in r.output
+
+
+def test_read_commands_refuse_a_missing_database(ledger_env, tmp_path):
+    env = ledger_env
+    for args in (["reconcile"], ["balances"], ["outbox"], ["storage", "list"]):
+        r = CliRunner().invoke(main, ["ledger", *args, "--config", str(env.config_path),
+                                      "--db", str(tmp_path / "typo.sqlite")])
+        assert r.exit_code == 1 and "no gateway database at" in r.output, (args, r.output)
+    assert not (tmp_path / "typo.sqlite").exists()

@@ -33,7 +33,12 @@ def _settings(app):
     return Settings(app.config)
 
 
-def _conn(app):
+def _conn(app, create=False):
+    """The store; read-only commands refuse to create an empty one at a mistyped path."""
+    from pathlib import Path
+
+    if not create and not Path(app.db_path).exists():
+        raise UserError(f"no gateway database at {app.db_path} (check --db or store.db)")
     conn = app.conn()
     tables.init(conn)
     return conn
@@ -153,15 +158,21 @@ def deploy_cmd(app, gateway_addr, force):
 @common_options
 def status_cmd(app):
     """Chain, contracts, gateway role and the outbox."""
+    from pathlib import Path
+
     s = _settings(app)
-    conn = _conn(app)
-    data = {"rpc_url": s.rpc_url, "chain_id": s.chain_id, "outbox": outbox.counts(conn)}
-    oldest = conn.execute(
-        "SELECT id, settlement_id, kind, state, last_error, created_at FROM ledger_outbox "
-        "WHERE state NOT IN ('confirmed', 'rejected') ORDER BY id LIMIT 1").fetchone()
-    data["oldest_pending"] = dict(oldest) if oldest else None
-    data["storage_owners"] = [{"owner": o, "capacity_wh": c} for o, c in tables.storage_owners(conn)]
-    data["commission_rate"] = s.commission_rate
+    data = {"rpc_url": s.rpc_url, "chain_id": s.chain_id, "outbox": {}, "oldest_pending": None,
+            "storage_owners": [], "commission_rate": s.commission_rate}
+    if Path(app.db_path).exists():
+        conn = _conn(app)
+        data["outbox"] = outbox.counts(conn)
+        oldest = conn.execute(
+            "SELECT id, settlement_id, kind, state, last_error, created_at FROM ledger_outbox "
+            "WHERE state NOT IN ('confirmed', 'rejected') ORDER BY id LIMIT 1").fetchone()
+        data["oldest_pending"] = dict(oldest) if oldest else None
+        data["storage_owners"] = [{"owner": o, "capacity_wh": c} for o, c in tables.storage_owners(conn)]
+    else:
+        data["store_error"] = f"no gateway database at {app.db_path}"
     try:
         data["gateway"] = keystore.address(s.keystore)
     except keystore.KeystoreError as e:
@@ -194,7 +205,7 @@ def status_cmd(app):
         c = _console()
         c.print(f"chain     {d['chain']}  {d['rpc_url']}  id {d.get('node_chain_id', '?')}"
                 f"  block {d.get('block', '?')}")
-        for k in ("chain_error", "deployment_error", "keystore_error"):
+        for k in ("chain_error", "deployment_error", "keystore_error", "store_error"):
             if d.get(k):
                 c.print(f"[red]{k.replace('_', ' ')}: {d[k]}[/red]")
         c.print(f"WATT      {d.get('watt', '-')}   EEA {d.get('eea', '-')}")
@@ -311,7 +322,7 @@ def storage_set(app, owner, capacity_wh):
     from gateway.ledger.storage import set_capacity
 
     s = _settings(app)
-    sid = set_capacity(_conn(app), s.community, owner, capacity_wh)
+    sid = set_capacity(_conn(app, create=True), s.community, owner, capacity_wh)
     app.emit({"owner": accounts.normalize_address(owner), "capacity_wh": capacity_wh, "settlement_id": sid},
              lambda d: click.echo(f"queued: {d['owner']} capacity {d['capacity_wh']} Wh ({sid})"))
 
