@@ -23,13 +23,11 @@ not committed, so a crash at any point loses nothing a device still holds.
 """
 import asyncio
 import collections
-import concurrent.futures
 import importlib
 import inspect
 import itertools
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import sqlite3
@@ -37,6 +35,7 @@ import time
 
 from gateway import config as config_mod
 from gateway import db, ingest, intervals, settings, store
+from gateway.pool import VerifierPool, WorkerDied
 
 COMPONENTS = {
     "ledger": "gateway.ledger.service",
@@ -127,16 +126,15 @@ class Gateway:
         self.sub_ocmf = f"egs/v1/{ctx.community}/+/ocmf"
         self.sub_status = f"egs/v1/{ctx.community}/+/status"
 
-    def start_pool(self):
+    async def start_pool(self):
         if self.workers > 0 and self.pool is None:
-            mp = multiprocessing.get_context("forkserver")
-            self.pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=mp)
+            self.pool = VerifierPool(self.workers)
             # warm the workers up so the first batch does not pay for their start
-            list(self.pool.map(ingest.verify_batch, [[]] * self.workers))
+            await asyncio.gather(*(self.pool.submit([]) for _ in range(self.workers)))
 
     def close(self):
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.close()
         self.conn.close()
 
     def _topic(self, device, kind):
@@ -293,8 +291,7 @@ class Gateway:
                 self.log.exception("status message on %s not recorded", topic)
         work = self.core.prepare(msgs)
         if self.pool is not None and len(work) >= self.icfg["pool_min_batch"]:
-            fut = self.pool.submit(ingest.verify_batch, [(m.payload, pub) for m, pub in work])
-            return msgs, work, asyncio.wrap_future(fut)
+            return msgs, work, self.pool.submit([(m.payload, pub) for m, pub in work])
         results = self.core.verify_inline(work)
         return msgs, work, results
 
@@ -307,8 +304,8 @@ class Gateway:
             if isinstance(results, asyncio.Future):
                 try:
                     values = await results
-                except Exception:  # a dead worker: verify here instead
-                    self.log.exception("verification worker failed; verifying inline")
+                except WorkerDied as e:  # verify here instead
+                    self.log.error("%s; verifying in the gateway process", e)
                     values = ingest.verify_batch([(m.payload, pub) for m, pub in work])
                 results = {id(m): r for (m, _), r in zip(work, values)}
             outcome = self.core.commit(msgs, results)
@@ -423,7 +420,7 @@ async def serve(cfg, ocpp=None, log=None):
         loop.add_signal_handler(sig, ctx.stopping.set)
     gw = Gateway(ctx)
     ctx.hooks["publish"] = gw.publish
-    gw.start_pool()
+    await gw.start_pool()
     started = time.time()
     log.info("gateway for community %s, database %s, %s verification", community, db_path,
              f"{gw.workers} worker process(es)" if gw.workers else "inline")
