@@ -308,3 +308,33 @@ def test_committed_build_matches_the_sources():
     res = subprocess.run([sys.executable, str(ROOT / "contracts/build.py"), "--check"],
                          capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
+
+
+def test_gas_bound_covers_full_trades_and_a_session(w):
+    from eth_abi import encode
+    sellers = [boa.env.generate_address() for _ in range(intents.MAX_TRADES)]
+    buyers = [boa.env.generate_address() for _ in range(intents.MAX_TRADES)]
+    with boa.env.prank(w.holders[1]):
+        w.eea.approve(w.watt.address, 2**255)
+        for b in buyers:
+            w.watt.depositFor(b, 10**18)
+    with w.gw():
+        w.watt.settleInterval(sid(1), Z32, [(s, 1000, 0, 0) for s in sellers[:256]])
+        trades = [(s, b, 700, 10**17) for s, b in zip(sellers, buyers)]
+        w.watt.settleTrades(sid(2), Z32, trades)
+        used = w.watt._computation.get_gas_used()
+    data = encode(["bytes32", "bytes32", "(address,address,uint256,uint256)[]"], [sid(2), Z32, trades])
+    _, _, bound = intents.call_for("trades", "0x" + sid(2).hex(), {
+        "records_hash": "0x" + "00" * 32,
+        "trades": [{"seller": s, "buyer": b, "wh": wh, "eea": e} for s, b, wh, e in trades]})
+    assert used + _intrinsic(b"\0" * 4 + data) <= bound
+    payer, pool, owner = (boa.env.generate_address() for _ in range(3))
+    w.fund(payer, 10**18)
+    with w.gw():
+        w.watt.settleInterval(sid(3), Z32, [(pool, 5000, 0, 0)])
+        w.watt.settleSession(sid(4), b"\x01" * 32, payer, pool, owner, 1000, 10**16, 10**15)
+        used = w.watt._computation.get_gas_used()
+    _, _, bound = intents.call_for("session", "0x" + sid(4).hex(), {
+        "records_hash": "0x" + "01" * 32, "payer": payer, "pool": pool, "station_owner": owner,
+        "energy_wh": 1000, "energy_eea": 10**16, "fee_eea": 10**15})
+    assert used + 21_000 + 16 * 260 <= bound
