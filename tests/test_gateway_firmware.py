@@ -114,6 +114,14 @@ def test_provision_real_firmware_then_readings_are_stored_and_acked(tmp_path, gw
                 assert store.quarantined(gwdb) == []
             finally:
                 gw.stop()
+            # provisioning again (say, a new Wi-Fi password) keeps the key and the registration
+            res = cli_invoke("device", "provision", "--db", db_path, "--port", dev.port, "--id", "dev1",
+                             "--community", COMMUNITY, "--broker", f"127.0.0.1:{mosq.port}",
+                             "--broker-dir", summary["dir"], "--meter-link", f"tcp:127.0.0.1:{meter.port}",
+                             "--wifi-ssid", "Sonnenhof", "--timeout", "20")
+            assert res.exit_code == 0, res.stderr
+            assert "device label" in res.stdout and label["fingerprint"] in res.stdout
+            assert store.get_device(gwdb, "dev1")["pubkey"] == label["pubkey"]
             conn = db.connect(db_path, readonly=True)
             acked = conn.execute("SELECT acked_seq FROM devices WHERE id='dev1'").fetchone()[0]
             stored = conn.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM readings").fetchone()
