@@ -41,7 +41,7 @@ def next_due(now_ms, interval_ms):
     """The next reading time after now_ms: a multiple of interval_ms or a quarter hour."""
     a = (now_ms // interval_ms + 1) * interval_ms
     b = (now_ms // QUARTER_MS + 1) * QUARTER_MS
-    return a if a < b else b
+    return min(b, a)
 
 
 def record_field(body, key):
@@ -82,7 +82,7 @@ class App:
         self.meter_fault = None
         self.last_reading = None
         self.modbus_errors_base = 0
-        from protocol import topics     # unloaded after boot (firmware/main.py)
+        from protocol import topics  # unloaded after boot (firmware/main.py)
 
         dev, com = cfg["device_id"], cfg["community"]
         self.t_ocmf = topics.topic(com, dev, "ocmf")
@@ -247,8 +247,7 @@ class App:
             if self.log.ack(seq):
                 self.ack_progress = self.hal.ticks_ms()
                 self.status_dirty = self.status_dirty or self.log.depth() == 0
-            if self.log.acked > self.sent:
-                self.sent = self.log.acked
+            self.sent = max(self.sent, self.log.acked)
         elif topic == self.t_cmd:
             self.command(msg, payload)
 
@@ -262,8 +261,7 @@ class App:
             n = msg.get("from")
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 return self._bad("resend", payload)
-            if n - 1 < self.sent:
-                self.sent = n - 1
+            self.sent = min(self.sent, n - 1)
         elif cmd == "set_interval":
             s = msg.get("interval_s")
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.01 <= s <= 86400:
@@ -382,7 +380,7 @@ class App:
         if self.ota_status is None or self.ota_job is not None:
             self._ota()
         wait = self.due - hal.time_ms()
-        return 0 if wait < 0 else (50 if wait > 50 else wait)
+        return 0 if wait < 0 else (min(wait, 50))
 
     # ------------------------------------------------------------------ OTA (issue 9)
     # The update code (firmware/ota.py, firmware/bundle.py) is imported only while an

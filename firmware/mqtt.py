@@ -24,7 +24,6 @@ MicroPython port have. Errors: MQTTError (protocol, refused connection) or OSErr
 (network); after either the client is disconnected and `last_error` says why.
 """
 import select
-
 from time import sleep_ms, ticks_add, ticks_diff, ticks_ms
 
 try:
@@ -301,7 +300,7 @@ class Client:
         rest = self._n - total
         if rest > 0:
             self._buf[0:rest] = self._buf[total:self._n]
-        self._n = rest if rest > 0 else 0
+        self._n = max(0, rest)
 
     def _take_packet(self):
         """(first byte, body bytes) of the next complete packet, or None."""

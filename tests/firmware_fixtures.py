@@ -31,6 +31,14 @@ def wait_for(predicate, timeout=20.0, what="condition", interval=0.05):
         time.sleep(interval)
 
 
+def wait_status(dev, pred, what, timeout=20.0):
+    """The device's console status once pred(status) holds."""
+    def check():
+        st = dev.request({"cmd": "status"})
+        return st if pred(st) else None
+    return wait_for(check, timeout=timeout, what=what)
+
+
 class Subscriber:
     """A gateway stand-in on the real broker: verifies nothing by itself, stores every
     ocmf record by sequence (a duplicate with the same bytes is stored once, a sequence

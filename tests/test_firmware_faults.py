@@ -7,7 +7,13 @@ the next sequence number and the true register values.
 """
 from protocol import ocmf
 from tests.firmware_fixtures import (  # noqa: F401
-    device_config, device_factory, meter, subscriber, wait_for)
+    device_config,
+    device_factory,
+    meter,
+    subscriber,
+    wait_for,
+    wait_status,
+)
 from tests.modbus_fixtures import f32_words_to_wh
 
 # emulator fault -> (fault kind in the status, does it count as a Modbus error)
@@ -28,11 +34,11 @@ def _status(dev):
 
 def _fault_phase(dev, kind, start_faults):
     """Wait until `kind` was counted at least twice; the sequence must not move meanwhile."""
-    first = wait_for(lambda: (lambda s: s if s["faults"].get(kind, 0) > start_faults else None)(
-        _status(dev)), what=f"fault {kind} counted")
+    first = wait_status(dev, lambda s: s["faults"].get(kind, 0) > start_faults,
+                        f"fault {kind} counted")
     assert first["meter_fault"]["kind"] == kind, first["meter_fault"]
-    later = wait_for(lambda: (lambda s: s if s["faults"][kind] >= first["faults"][kind] + 2
-                              else None)(_status(dev)), what=f"more {kind} faults")
+    later = wait_status(dev, lambda s: s["faults"][kind] >= first["faults"][kind] + 2,
+                        f"more {kind} faults")
     assert later["seq"] == first["seq"], f"a reading was signed during a {kind} fault"
     return later
 
@@ -50,11 +56,11 @@ def test_faults_are_counted_reported_and_never_signed(mosquitto, meter, subscrib
         assert st["counters"]["meter_faults"] > before["counters"]["meter_faults"]
         if modbus_error:
             assert st["counters"]["modbus_errors"] > before["counters"]["modbus_errors"]
-        wait_for(lambda: isinstance(subscriber.status.get("f1"), dict)
-                 and (subscriber.status["f1"].get("meter_fault") or {}).get("kind") == kind,
+        wait_for(lambda k=kind: isinstance(subscriber.status.get("f1"), dict)
+                 and (subscriber.status["f1"].get("meter_fault") or {}).get("kind") == k,
                  what=f"{kind} in the retained MQTT status")
         meter.clear_fault()
-        wait_for(lambda: _status(dev)["seq"] > st["seq"] + 1, what=f"readings after {kind}")
+        wait_status(dev, lambda s, seq=st["seq"]: s["seq"] > seq + 1, f"readings after {kind}")
 
     # a cumulative register going backwards (a reset meter, a tampered register)
     good = f32_words_to_wh(meter.registers("import_wh"))

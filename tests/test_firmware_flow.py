@@ -8,7 +8,14 @@ import json
 
 from protocol import ocmf
 from tests.firmware_fixtures import (  # noqa: F401
-    Subscriber, device_config, device_factory, meter, subscriber, wait_for)
+    Subscriber,
+    device_config,
+    device_factory,
+    meter,
+    subscriber,
+    wait_for,
+    wait_status,
+)
 from tests.modbus_fixtures import f32_words_to_wh
 
 
@@ -67,8 +74,7 @@ def test_signed_readings_carry_the_exact_register_values(mosquitto, meter, subsc
     # everything acknowledged by the subscriber is gone from the device's log
     top = subscriber.contiguous("m1")
     st = _status(subscriber, "m1")
-    reply = wait_for(lambda: (lambda r: r if r["acked"] >= top else None)(
-        dev.request({"cmd": "status"})), what="device to take the ack")
+    reply = wait_status(dev, lambda r: r["acked"] >= top, "device to take the ack")
     assert reply["counters"]["log_depth"] <= reply["seq"] - reply["acked"]
     assert st["pubkey"] == pubkey
 
@@ -92,16 +98,15 @@ def test_commands_acks_and_hostile_messages(mosquitto, meter, device_factory):
             sub.cmd("m2", bad)
         for bad in (b"{}", json.dumps({"seq": -1}), json.dumps({"seq": True})):
             sub.client.publish("egs/v1/c1/m2/ack", bad, qos=1).wait_for_publish(5)
-        st = wait_for(lambda: (lambda r: r if r["counters"]["bad_messages"] >= 8 else None)(
-            dev.request({"cmd": "status"})), what="bad messages counted")
+        st = wait_status(dev, lambda r: r["counters"]["bad_messages"] >= 8,
+                         "bad messages counted")
         assert st["connected"] and st["counters"]["reconnects"] == 0, st
         n = len(sub.seqs("m2"))
         wait_for(lambda: len(sub.seqs("m2")) > n + 2, what="readings after hostile input")
 
         # an ack beyond the newest record is clamped: later records are still delivered
         sub.client.publish("egs/v1/c1/m2/ack", json.dumps({"seq": 10 ** 9}), qos=1)
-        st = wait_for(lambda: (lambda r: r if r["acked"] > 0 else None)(
-            dev.request({"cmd": "status"})), what="clamped ack")
+        st = wait_status(dev, lambda r: r["acked"] > 0, "clamped ack")
         assert st["acked"] <= st["seq"]
         top = max(sub.seqs("m2"))
         wait_for(lambda: max(sub.seqs("m2")) > top + 1, what="records after a huge ack")

@@ -5,8 +5,7 @@ flash; see sim/device.py) with exactly 100K of heap for itself, reading every 30
 an acking subscriber takes everything. A test runs 200 cycles; bench/firmware_heap.py runs
 1,000 and prints the figures.
 """
-from tests.firmware_fixtures import (  # noqa: F401
-    device_config, device_factory, meter, subscriber, wait_for)
+from tests.firmware_fixtures import device_config, device_factory, meter, subscriber, wait_for  # noqa: F401
 
 CYCLES = 200
 

@@ -79,7 +79,8 @@ def run_mp(tmp_path, *args):
     script.write_text(SCRIPT)
     env = dict(os.environ, MICROPYPATH=f".frozen:{ROOT}")
     proc = subprocess.run([micropython(), "-X", "heapsize=256K", str(script), *map(str, args)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

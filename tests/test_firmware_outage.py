@@ -9,7 +9,13 @@ is right), and that the device's log empties once everything is acknowledged.
 import time
 
 from tests.firmware_fixtures import (  # noqa: F401
-    device_config, device_factory, meter, subscriber, wait_for)
+    device_config,
+    device_factory,
+    meter,
+    subscriber,
+    wait_for,
+    wait_status,
+)
 
 OUTAGE_S = 30
 
@@ -32,7 +38,7 @@ def test_broker_outage_no_gap_no_duplicate(mosquitto, meter, subscriber, device_
     seqs = subscriber.seqs("out1")
     assert seqs == list(range(1, len(seqs) + 1)), "a sequence gap"
     assert not subscriber.reused, "a sequence arrived twice with different bytes"
-    st = wait_for(lambda: (lambda r: r if r["counters"]["log_depth"] <= 2 else None)(
-        dev.request({"cmd": "status"})), what="the device's log to empty")
+    st = wait_status(dev, lambda r: r["counters"]["log_depth"] <= 2,
+                     "the device's log to empty")
     assert st["counters"]["reconnects"] >= 1 and st["counters"]["dropped"] == 0
     assert st["connected"]

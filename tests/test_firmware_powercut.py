@@ -17,8 +17,7 @@ import struct
 import subprocess
 
 from firmware.flashlog import HEADER, MAGIC, FlashLog
-from tests.firmware_fixtures import (  # noqa: F401
-    device_config, device_factory, meter, subscriber, wait_for)
+from tests.firmware_fixtures import device_config, device_factory, meter, subscriber, wait_for  # noqa: F401
 
 KILLS = 50
 
@@ -75,7 +74,7 @@ def test_sigkill_fifty_times(mosquitto, meter, subscriber, device_factory):
 
     # power back for good: everything reaches the subscriber, once, unchanged
     dev.start()
-    records, log = _snapshot(log_dir)
+    _snapshot(log_dir)
     last = max(seen)
     wait_for(lambda: subscriber.contiguous("pc1") >= last + 5, timeout=60,
              what="delivery of the backlog after the last kill")
