@@ -169,6 +169,7 @@ def run_cmd(app, broker, mqtt_user, mqtt_password_file, community, ocpp, workers
     """Run the gateway service: MQTT ingest, intervals and the installed components."""
     from gateway import service
 
+    service.declare_sections()
     cfg = config_mod.load(app.config_path, {
         "mqtt.broker": broker, "mqtt.user": mqtt_user, "mqtt.password_file": mqtt_password_file,
         "gateway.community": community, "ingest.workers": workers,

@@ -43,6 +43,10 @@ COMPONENTS = {
     "market": "gateway.market.service",
 }
 
+# Their config sections, declared before the file is read (`python -m gateway.service`
+# does not import every component's commands the way `egs-gw` does).
+COMPONENT_SETTINGS = ("gateway.ledger.settings", "ocpp_cs.settings", "gateway.market.settings")
+
 HEARTBEAT_S = 2.0
 PUBLISH_CONCURRENCY = 8   # below aiomqtt's warning threshold of 10 pending publishes
 
@@ -383,6 +387,15 @@ async def _heartbeat(ctx, gw, started):
         conn.close()
 
 
+def declare_sections():
+    for modname in COMPONENT_SETTINGS:
+        try:
+            importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name != modname:
+                raise
+
+
 def load_components(names, log):
     """Import the plug-in modules that are installed; unknown names are config errors."""
     mods = []
@@ -487,5 +500,6 @@ def main(cfg, ocpp=None):
 if __name__ == "__main__":
     # `python -m gateway.service [options]` is `egs-gw run [options]` without loading
     # the command modules of every other component (quicker to start).
+    declare_sections()
     from gateway.commands import run_cmd
     run_cmd(prog_name="egs-gw run")
