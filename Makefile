@@ -15,6 +15,9 @@ test: setup
 demo: setup
 	$(PY) -m sim.demo
 
+contracts: setup
+	$(PY) contracts/build.py
+
 firmware: setup
 	$(PY) -m tools.release build
 
