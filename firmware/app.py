@@ -234,7 +234,12 @@ class App:
         }
 
     # ------------------------------------------------------------------ messages
-    def _on_message(self, topic, payload):
+    def _on_message(self, topic, payload, retained=False):
+        if retained and topic == self.t_cmd:
+            # a command kept by the broker is stale (and a "reboot" kept there would
+            # reboot the device on every connect): commands count only when sent now
+            self._bad("retained cmd", payload)
+            return
         try:
             msg = json.loads(payload)
         except ValueError:

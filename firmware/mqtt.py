@@ -72,7 +72,9 @@ class Client:
     def __init__(self, client_id, connect_fn, user=None, password=None, keepalive_s=60,
                  will=None, on_message=None, max_inflight=8, timeout_ms=10000,
                  max_packet=1024):
-        """will: (topic, payload, retain) sent at QoS 1; on_message(topic str, payload bytes)."""
+        """will: (topic, payload, retain) sent at QoS 1;
+        on_message(topic str, payload bytes, retained bool): retained is True for a message
+        the broker kept and hands out on subscribing (not news)."""
         self.client_id = client_id
         self.connect_fn = connect_fn
         self.user = user
@@ -402,7 +404,7 @@ class Client:
             return
         if self.on_message is not None:
             try:
-                self.on_message(topic, body[pos:])
+                self.on_message(topic, body[pos:], bool(first & 1))
             except Exception as e:  # noqa: BLE001 - a bad message must not kill the link
                 self.counters["handler_errors"] += 1
                 self.last_error = "handler: %r" % (e,)

@@ -82,6 +82,9 @@ def test_signed_readings_carry_the_exact_register_values(mosquitto, meter, subsc
 def test_commands_acks_and_hostile_messages(mosquitto, meter, device_factory):
     sub = Subscriber(mosquitto.port, ack=False)        # nothing acknowledged: all kept
     try:
+        # a stale command kept by the broker must not act (it would reboot on every connect)
+        sub.client.publish("egs/v1/c1/m2/cmd", json.dumps({"cmd": "reboot"}), qos=1,
+                           retain=True).wait_for_publish(5)
         dev = device_factory(device_config("m2", mosquitto.port, meter.port, interval_s=0.3))
         wait_for(lambda: len(sub.seqs("m2")) >= 3, what="readings")
 
@@ -101,6 +104,7 @@ def test_commands_acks_and_hostile_messages(mosquitto, meter, device_factory):
         st = wait_status(dev, lambda r: r["counters"]["bad_messages"] >= 8,
                          "bad messages counted")
         assert st["connected"] and st["counters"]["reconnects"] == 0, st
+        assert dev.reboots == 0 and dev.log_text().count(" up: seq ") == 1, "retained reboot"
         n = len(sub.seqs("m2"))
         wait_for(lambda: len(sub.seqs("m2")) > n + 2, what="readings after hostile input")
 

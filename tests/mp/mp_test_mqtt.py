@@ -34,7 +34,7 @@ class FakeSock:
 
 def client_with(chunks, **kw):
     got = []
-    c = Client("dev", None, on_message=lambda t, p: got.append((t, bytes(p))), **kw)
+    c = Client("dev", None, on_message=lambda t, p, r: got.append((t, bytes(p))), **kw)
     c.sock = FakeSock(chunks)
     return c, got
 
@@ -149,7 +149,7 @@ def test_hostile_frames_never_crash():
 
 
 def test_handler_exception_is_contained():
-    def boom(topic, payload):
+    def boom(topic, payload, retained):
         raise ValueError("bad")
 
     c = Client("d", None, on_message=boom)
