@@ -467,9 +467,11 @@ class SimCharger:
         async def go():
             cp = self.cp
             tx = await cp.start_transaction(1, id_tag, ev=EV(60, 11, 0.2, id_tag=id_tag))
+            if tx is None:
+                raise AssertionError(f"the central system did not authorize {id_tag}")
             await asyncio.wait_for(tx.started, 20)
-            if tx.id is None or getattr(tx, "status", "Accepted") not in (None, "Accepted"):
-                raise AssertionError(f"the central system refused the start: {vars(tx)}")
+            if tx.id_tag_status != "Accepted":
+                raise AssertionError(f"StartTransaction answered {tx.id_tag_status}")
             await cp.deliver(1, wh)
             done = await cp.stop_transaction(1)
             await asyncio.wait_for(done.done, 20)
