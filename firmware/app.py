@@ -228,6 +228,7 @@ class App:
                          "log_errors": c["log_errors"]},
             "faults": self.faults, "meter_fault": self.meter_fault,
             "seq": self.log.last_seq or 0, "acked": self.log.acked,
+            "oldest": self.log.oldest_live(),     # below it nothing can be resent (dropped)
             "interval_s": self.interval_ms / 1000,
             "heap": {"free": self.heap_free, "min_free": self.heap_min_free},
             "ota": self.ota_status or {},

@@ -22,6 +22,10 @@ sequence the gateway said it has durably stored (`.../ack`), never the broker's 
 Records up to `acked` are dead; a segment is deleted once all its records are dead,
 except the newest segment, so the last sequence and registers written are always known.
 
+Durability: append() flushes before it returns; on LittleFS (ESP32) a flush commits the
+file, so the record survives a power cut. On the unix port a flush reaches the kernel, which
+survives the process being killed (the tests' power cut); MicroPython there has no fsync.
+
 Bound: at most `max_bytes` in segments of `max_bytes // segments` bytes. When an append
 would exceed it, the oldest segment is deleted even if not acknowledged: its live records
 are counted in `dropped` (persisted). 512 KB holds about 1,000 records of ~480 bytes,
