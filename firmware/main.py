@@ -181,7 +181,8 @@ def main(argv=None):
     from firmware.hal.unix import Hal
 
     argv = sys.argv if argv is None else argv
-    run(Hal(_arg(argv, "--state-dir", ".state/device")))
+    offset = _arg(argv, "--time-offset-ms", "0")
+    run(Hal(_arg(argv, "--state-dir", ".state/device"), time_offset_ms=int(offset or 0)))
 
 
 if __name__ == "__main__":

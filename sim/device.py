@@ -191,11 +191,13 @@ def romfs_argv(code, heapsize, *args):
             *map(str, args)]
 
 
-def firmware_argv(state_dir, heapsize=None):
+def firmware_argv(state_dir, heapsize=None, time_offset_ms=0):
     """micropython command line running the firmware from its ROMFS image with `heapsize`
-    (default DEFAULT_HEAP) left for the firmware itself."""
+    (default DEFAULT_HEAP) left for the firmware itself; its clock runs `time_offset_ms`
+    ahead of the host's (negative: behind)."""
+    extra = ("--time-offset-ms", int(time_offset_ms)) if time_offset_ms else ()
     return romfs_argv(ROMBOOT, heapsize or DEFAULT_HEAP,
-                      "--state-dir", Path(state_dir).resolve())
+                      "--state-dir", Path(state_dir).resolve(), *extra)
 
 
 def firmware_env():
@@ -209,9 +211,11 @@ class DeviceProcess(Service):
     returns the reply. Firmware log lines (stderr) go to <state_dir>/device.log.
     """
 
-    def __init__(self, state_dir, config=None, heapsize=DEFAULT_HEAP, console_fd=None):
+    def __init__(self, state_dir, config=None, heapsize=DEFAULT_HEAP, console_fd=None,
+                 time_offset_ms=0):
         """console_fd: a file descriptor (e.g. a pty master) to use as the console instead
-        of the pipes; request() is then not available."""
+        of the pipes; request() is then not available. time_offset_ms: the device's clock
+        runs that far ahead of the host's (e.g. to be just before a quarter hour)."""
         self.console_fd = console_fd
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +227,7 @@ class DeviceProcess(Service):
         self._replies = None
         self._lock = threading.RLock()
         self._halted = False
-        super().__init__(firmware_argv(self.state_dir, heapsize),
+        super().__init__(firmware_argv(self.state_dir, heapsize, time_offset_ms),
                          log_path=self.state_dir / "device.log", env=firmware_env())
 
     def start(self):

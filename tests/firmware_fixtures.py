@@ -152,8 +152,9 @@ def device_factory(tmp_path):
     """device_factory(config dict, name="dev") -> started DeviceProcess; all killed after."""
     made = []
 
-    def make(config, name="dev", start=True, heapsize=None):
-        kw = {} if heapsize is None else {"heapsize": heapsize}
+    def make(config, name="dev", start=True, heapsize=None, **kw):
+        if heapsize is not None:
+            kw["heapsize"] = heapsize
         dev = DeviceProcess(tmp_path / name, config=config, **kw)
         made.append(dev)
         return dev.start() if start else dev

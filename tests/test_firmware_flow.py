@@ -5,6 +5,7 @@ against the public key the device gave on its console and in its retained birth 
 and compares the energy with the meter's registers decoded independently (Fraction oracle).
 """
 import json
+import time
 
 from protocol import ocmf
 from tests.firmware_fixtures import (  # noqa: F401
@@ -151,9 +152,10 @@ def test_meter_over_a_real_tty(tmp_path, mosquitto, subscriber, device_factory):
         cfg = device_config("tty1", mosquitto.port, 0, interval_s=0.3)
         cfg["meter"] = {"model": "abb_b23", "port": str(link), "baud": 9600,
                         "timeout_ms": 300, "retries": 1}
-        dev = device_factory(cfg, name="tty")
+        dev = device_factory(cfg, name="tty", time_offset_ms=-86_400_000)   # a day behind
         key = ocmf.load_public_key(dev.pubkey())
         wait_for(lambda: len(subscriber.seqs("tty1")) >= 2, what="readings over the tty")
         rec = ocmf.verify(subscriber.record("tty1", 1), key)
         assert (rec.import_wh, rec.export_wh) == emu.energy_wh() == (98_765_430, 1_230)
         assert rec.meter_serial == "7654321"
+        assert abs(rec.time_epoch - (time.time() - 86_400)) < 60, "the device's own clock"
