@@ -23,7 +23,6 @@ from gateway import accounts
 from gateway.cliutil import UserError, common_options
 from gateway.db import transaction
 from gateway.ledger import keystore, outbox, settlement, tables
-from gateway.ledger.chain import Chain, ChainUnavailable
 from gateway.ledger.settings import Settings
 
 COMMANDS = []
@@ -49,6 +48,8 @@ def _account(s):
 
 
 def _chain(s, with_contracts=True):
+    from gateway.ledger.chain import Chain  # web3 costs a second at every CLI start
+
     return Chain.from_settings(s, with_contracts)
 
 
@@ -60,7 +61,7 @@ def _fail_chain(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ChainUnavailable as e:
+        except ConnectionError as e:  # ChainUnavailable (web3 is imported only when used)
             raise UserError(str(e)) from None
 
     return wrapper
@@ -185,6 +186,8 @@ def status_cmd(app):
         dep = None
         data["deployment_error"] = str(e)
     try:
+        from gateway.ledger.chain import Chain
+
         chain = Chain(s.rpc_url, s.chain_id, dep, s.rpc_timeout_s)
         data["chain"] = "up"
         data["node_chain_id"] = chain.call(lambda: chain.w3.eth.chain_id)
@@ -195,7 +198,7 @@ def status_cmd(app):
                 chain.check()
                 data["gateway_role"] = chain.is_gateway(data["gateway"])
                 data["watt_supply_wh"] = chain.call(chain.watt.functions.totalSupply().call)
-    except ChainUnavailable as e:
+    except ConnectionError as e:  # ChainUnavailable (web3 is imported only when used)
         data["chain"] = "down"
         data["chain_error"] = str(e)
     except ValueError as e:
@@ -248,7 +251,7 @@ def balances_cmd(app, account):
         chain.check()
         for a, (w, e) in chain.balances(sorted(rows)).items():
             rows[a]["chain_watt_wh"], rows[a]["chain_eea"] = w, e
-    except (ChainUnavailable, ValueError) as e:
+    except (ConnectionError, ValueError) as e:  # ChainUnavailable or a bad answer
         chain_note = str(e)
     data = {"accounts": [rows[a] for a in sorted(rows)], "chain_error": chain_note}
     for r in data["accounts"]:  # EEA amounts exceed JSON-safe integers: strings

@@ -10,8 +10,6 @@ import os
 import stat
 from pathlib import Path
 
-from eth_account import Account
-
 
 class KeystoreError(ValueError):
     pass
@@ -38,6 +36,8 @@ def create(path, password, private_key=None, kdf=None, iterations=None):
     path = Path(path)
     if path.exists():
         raise KeystoreError(f"{path} exists already; not overwriting a key")
+    from eth_account import Account  # imported here: it costs ~1 s at CLI start
+
     account = Account.from_key(private_key) if private_key else Account.create()
     data = Account.encrypt(account.key, password, kdf=kdf, iterations=iterations)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +56,8 @@ def address(path):
 
 
 def load(path, password):
+    from eth_account import Account
+
     data = _read(path)
     try:
         key = Account.decrypt(data, password)
