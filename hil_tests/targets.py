@@ -171,6 +171,15 @@ class SerialConsole:
                     return json.loads(reply)
         raise TimeoutError(f"no console reply to {line[:60]!r} within {timeout or self.timeout} s")
 
+    def drain(self, quiet_s=0.5, most_s=5.0):
+        """Read and drop whatever arrives until the line has been quiet for quiet_s."""
+        end = time.monotonic() + most_s
+        last = time.monotonic()
+        while time.monotonic() < end and time.monotonic() - last < quiet_s:
+            if self.port.read(self.port.in_waiting or 1):
+                last = time.monotonic()
+        self.buf = b""
+
     def close(self):
         self.port.close()
 
@@ -209,14 +218,26 @@ class _Device:
         return self.ask({"cmd": "status"})
 
     def wait_console(self, timeout=30.0):
-        """Until the (re)booted device answers `hello` on its console."""
-        def hello():
+        """Until the (re)booted device answers `hello` on its console. One session, asking
+        again every 2 s; afterwards late answers to the repeated hellos are drained, so
+        they cannot be taken for the reply to the next request."""
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                reply = self.ask({"cmd": "hello"}, timeout=1.0)
-            except (TimeoutError, OSError):
-                return None
-            return reply if reply.get("ok") else None
-        return wait_for(hello, timeout, "the device's console to answer")
+                with self.console() as con:
+                    while time.monotonic() < deadline:
+                        try:
+                            reply = con.ask({"cmd": "hello"}, timeout=2.0)
+                        except TimeoutError:
+                            continue
+                        if reply.get("ok"):
+                            con.drain()
+                            return reply
+            except OSError:            # a USB console may vanish while the board resets
+                time.sleep(0.5)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the device's console did not answer within {timeout:.0f} s;"
+                                     f" device log:\n{self.log_tail()}")
 
     def now(self):
         """The device's clock (epoch seconds)."""
