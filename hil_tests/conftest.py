@@ -23,6 +23,11 @@ def pytest_addoption(parser):
     g.addoption("--meter-port", default=None,
                 help="esp32: USB RS-485 adapter on the meter bus, driven by the meter "
                      "emulator; without it a real meter is on the bus")
+    g.addoption("--meter-model", default=None,
+                help="meter model the device is provisioned for (default sdm630; "
+                     "sdm120, sdm72, abb_b23, ddsu666)")
+    g.addoption("--reading-interval", type=float, default=None,
+                help="firmware reading interval in seconds during the suite (default 1)")
     g.addoption("--charger-id", default=None,
                 help="a real charger's chargeBoxId, configured with the central system's URL; "
                      "without it the charge point emulator is used")
@@ -38,8 +43,8 @@ def pytest_addoption(parser):
 
 
 def _opts(config):
-    names = ("target", "port", "meter_port", "charger_id", "charger_password", "broker",
-             "device_id",
+    names = ("target", "port", "meter_port", "meter_model", "reading_interval", "charger_id",
+             "charger_password", "broker", "device_id",
              "wifi_ssid", "wifi_password")
     return {n: config.getoption(n) for n in names}
 

@@ -554,6 +554,8 @@ class Bench:
         self.charger_id = opts["charger_id"] or "HIL-CP1"
         self.charger_password = opts.get("charger_password") or "hil-charger-pw-1"
         self.id_tag = "HIL-EV-1"
+        self.meter_model = opts.get("meter_model") or EmulatedMeter.MODEL
+        self.reading_interval = opts.get("reading_interval") or READING_INTERVAL_S
 
     # -- life cycle ----------------------------------------------------------------
     def _started(self, name, stop):
@@ -648,7 +650,7 @@ class Bench:
         sections = {
             "gateway": {"community": COMMUNITY, "components": ["ledger", "ocpp"]},
             "store": {"db": str(self.db_path)},
-            "mqtt": {"broker": f"127.0.0.1:{self.broker_port}", "user": "egs-gateway",
+            "mqtt": {"broker": f"{self.broker_host}:{self.broker_port}", "user": "egs-gateway",
                      "password_file": str(self.broker_dir / "credentials" / "egs-gateway.password"),
                      "keepalive": 10, "reconnect_max_s": 1.0},
             # gaps are filled by the device, never given up: a lost reading fails the suite
@@ -696,8 +698,8 @@ class Bench:
         """`egs-gw device provision` for the bench's device, as an installer runs it."""
         args = ["device", "provision", "--port", self.device.console_path, "--id", self.device_id,
                 "--community", COMMUNITY, "--broker", self.device_broker(),
-                "--broker-dir", self.broker_dir, "--meter-model", EmulatedMeter.MODEL,
-                "--interval", READING_INTERVAL_S, "--account", POOL, "--timeout", 60]
+                "--broker-dir", self.broker_dir, "--meter-model", self.meter_model,
+                "--interval", self.reading_interval, "--account", POOL, "--timeout", 60]
         if self.device.kind == "sim":          # the unix port opens the meter by path
             args += ["--meter-link", self.meter.link]
         if self.opts["wifi_ssid"]:
@@ -710,6 +712,7 @@ class Bench:
         own timing (reconnect backoff, ack timeout) set over the same console; later
         provisioning keeps these (the device merges a provision onto its configuration)."""
         hello = self.device.ask({"cmd": "hello"})
+        key_before = self.device.ask({"cmd": "pubkey"})
         if hello.get("has_key") and self._device_has_history():
             self._preregister()
         label = self.gw(*self.provision_args())
@@ -719,7 +722,7 @@ class Bench:
         self.device.ask({"cmd": "reboot"})
         self.device.wait_console(60)
         self.wait_stored(3, what="the first readings after provisioning")
-        return {"hello": hello, "label": label}
+        return {"hello": hello, "pubkey_before": key_before, "label": label}
 
     def _device_has_history(self):
         st = self.device.status()
@@ -727,15 +730,15 @@ class Bench:
         return bool(st.get("seq"))
 
     def _preregister(self):
-        """A board that signed readings in an earlier run starts above 1: registered with
-        the next number it will sign (the gateway would otherwise wait for readings the
-        board deleted after an earlier gateway acknowledged them)."""
+        """A board that signed readings in an earlier run starts above 1: registered from
+        the first number an earlier gateway did not acknowledge (the board deleted those
+        below it, and still holds and will replay the rest)."""
         st = self._history
         serial = st.get("meter_serial") or self.meter.serial
         pub = self.device.ask({"cmd": "pubkey"})["pubkey"]
         if serial:
             self.gw("device", "add", "--id", self.device_id, "--pubkey", pub, "--meter-serial",
-                    serial, "--account", POOL, "--first-seq", int(st["seq"]) + 1)
+                    serial, "--account", POOL, "--first-seq", int(st.get("acked") or 0) + 1)
 
     # -- the store ---------------------------------------------------------------------
     def conn(self):

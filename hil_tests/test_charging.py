@@ -16,6 +16,7 @@ ENERGY_WH = 400
 
 def test_charging_session_settled_end_to_end(bench):
     charger = bench.charger.require_control("the test must plug in an EV and charge it")
+    bench.meter.require_control("the energy pool's WATT comes from the emulated meter's export")
 
     # the driver prepays on chain; the ledger worker books the deposit for the central system
     booked = bench.book(EV_ACCOUNT, "EEA")

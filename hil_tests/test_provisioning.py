@@ -19,6 +19,7 @@ def test_device_provisioned_over_its_serial_console(bench):
     assert label["id"] == bench.device_id and label["platform"] == bench.device.platform
     assert label["key"] in ("generated", "kept")
     if not hello_before["has_key"]:
+        assert bench.provisioned["pubkey_before"]["ok"] is False, "no key before provisioning"
         assert label["key"] == "generated", "a device without a key makes one when provisioned"
 
     with bench.device.console() as con:

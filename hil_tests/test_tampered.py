@@ -20,7 +20,7 @@ def publish_as_device(bench, payloads):
     password = (bench.broker_dir / "credentials" / f"{bench.device_id}.password").read_text().strip()
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hil-intruder")
     c.username_pw_set(bench.device_id, password)
-    c.connect("127.0.0.1", bench.broker_port, keepalive=10)
+    c.connect(bench.broker_host, bench.broker_port, keepalive=10)
     c.loop_start()
     try:
         for payload in payloads:
