@@ -314,15 +314,16 @@ async def run_series(kind, steps, period, window, db_path):
             failed = await load.grow(n)
             ramp = time.perf_counter() - t0
             await asyncio.sleep(min(period, 3))  # settle
-            cpu0 = cpu_seconds(proc.pid)
+            cpu0, own0 = cpu_seconds(proc.pid), time.process_time()
             m = await load.measure(window)
-            cpu1 = cpu_seconds(proc.pid)
+            cpu1, own1 = cpu_seconds(proc.pid), time.process_time()
             m["cpu_ms"] = (cpu1 - cpu0) * 1000 / m["n"] if m["n"] and cpu0 is not None else 0
+            m["client_cpu"] = (own1 - own0) / window
             ok = not failed and m["errors"] == 0 and m["p99"] < LIMIT_MS and len(load.cps) == n
             rows.append((n, m, ramp, len(failed)))
             print(f"  {kind:4} N={n:5}  req={m['n']:6}  p50={m['p50']:7.1f} ms  "
                   f"p99={m['p99']:7.1f} ms  max={m['max']:7.1f} ms  errors={m['errors']}"
-                  f"  server CPU {m['cpu_ms']:.2f} ms/req  connect-failures={len(failed)}  ramp={ramp:4.1f} s  "
+                  f"  server CPU {m['cpu_ms']:.2f} ms/req  client {m['client_cpu']:.0%} of a core  connect-failures={len(failed)}  ramp={ramp:4.1f} s  "
                   f"{'held' if ok else 'NOT held'}", flush=True)
             if not ok:
                 break

@@ -692,32 +692,39 @@ def settle(conn, transaction_id, settings, price_source, energy_override=None, n
               reasons=reasons)
         return "review"
     sid = outbox.settlement_id(tx["charger_id"], transaction_id)
-    price = int(price_source(conn, tx, energy))
     fee_rate = int(charger["fee_per_kwh"] or 0) if charger["owner"] else 0
-    energy_eea = energy * price // 1000
-    fee_eea = energy * fee_rate // 1000
     payer, pool = tx["address"], settings.energy_pool
     owner = charger["owner"] or pool
+    price = energy_eea = fee_eea = 0
     if energy > 0:
-        entries = [(payer, "EEA", -(energy_eea + fee_eea)), (pool, "EEA", energy_eea),
-                   (owner, "EEA", fee_eea), (pool, "WATT", -energy)]
+        # the price source (a market buy, issue 7) writes inside the same savepoint
         conn.execute("SAVEPOINT ocpp_settle")
         try:
+            price = int(price_source(conn, tx, energy))
+            if price < 0:
+                raise ValueError(f"price source returned a negative price {price}")
+            energy_eea = energy * price // 1000
+            fee_eea = energy * fee_rate // 1000
+            entries = [(payer, "EEA", -(energy_eea + fee_eea)), (pool, "EEA", energy_eea),
+                       (owner, "EEA", fee_eea), (pool, "WATT", -energy)]
             accounts.post(conn, [e for e in entries if e[2] != 0], SESSION_REASON, sid)
             outbox.enqueue(conn, "session", sid, {
                 "payer": payer, "pool": pool, "station_owner": owner, "energy_wh": energy,
                 "energy_eea": energy_eea, "fee_eea": fee_eea,
                 "records_hash": records_hash(tx, values)})
-        except (BalanceError, OverflowError) as e:
-            # OverflowError: the balance book stores 64-bit integers (≤ 9.2 EEA per entry)
+        except Exception as e:  # noqa: BLE001 — a session that cannot be billed is held, never lost
+            # BalanceError: not enough EEA/WATT; OverflowError: an amount beyond 64 bits
+            # in a component's table; anything else: the price source failed
             conn.execute("ROLLBACK TO ocpp_settle")
             conn.execute("RELEASE ocpp_settle")
+            why = f"cannot settle: {e}" if isinstance(e, (BalanceError, OverflowError)) \
+                else f"cannot settle: price source failed: {type(e).__name__}: {e}"
             conn.execute(
                 "UPDATE ocpp_transactions SET state='review', review_reason=?, energy_wh=?, "
                 "energy_source=?, flags=? WHERE id=?",
-                (f"cannot settle: {e}", energy, source, json.dumps(flags), transaction_id))
+                (why, energy, source, json.dumps(flags), transaction_id))
             event(conn, tx["charger_id"], "session_review", transaction_id=transaction_id,
-                  reasons=[str(e)])
+                  reasons=[why])
             return "review"
         conn.execute("RELEASE ocpp_settle")
     else:

@@ -261,3 +261,37 @@ def test_stop_with_unreadable_timestamp_is_answered_kept_and_held(tmp_path):
                                        (run(go()),)).fetchone()
     assert (tx["state"], tx["meter_stop"], tx["stop_ts"]) == ("review", 5_000, "yesterday-ish")
     assert "timestamp unreadable" in tx["review_reason"]
+
+
+def test_failing_price_source_holds_the_session_and_still_answers(tmp_path):
+    from ocpp_cs.server import CentralSystem
+    from tests.ocpp_fixtures import settings
+
+    seed(tmp_path / "g.db", chargers=[("CP1", {})], tags=[("TAG1", EV_ADDR, 5 * DEPOSIT)])
+
+    def broken(conn, tx, energy_wh):
+        conn.execute("INSERT INTO ocpp_events(charger_id, kind, detail) VALUES('x', 'half', '{}')")
+        raise RuntimeError("market unreachable")
+
+    async def go():
+        cs = CentralSystem(tmp_path / "g.db", settings(), price_source=broken)
+        await cs.start(port=0)
+        cs.url = f"ws://127.0.0.1:{cs.port}/ocpp"
+        try:
+            async with raw_client(cs) as c:
+                tx = (await c.ok("StartTransaction", {
+                    "connectorId": 1, "idTag": "TAG1", "meterStart": 0,
+                    "timestamp": now_iso(-3600)}))["transactionId"]
+                assert await c.ok("StopTransaction", {"transactionId": tx, "meterStop": 2_000,
+                                                      "timestamp": now_iso()}) == {}
+                return tx
+        finally:
+            await cs.stop()
+    tx_id = run(go())
+    conn = db(tmp_path / "g.db")
+    tx = conn.execute("SELECT * FROM ocpp_transactions WHERE id=?", (tx_id,)).fetchone()
+    assert tx["state"] == "review" and "market unreachable" in tx["review_reason"]
+    # the price source's half-done write was rolled back with the settlement
+    assert conn.execute("SELECT COUNT(*) FROM ocpp_events WHERE kind='half'").fetchone()[0] == 0
+    assert eea(conn, EV_ADDR) == 5 * DEPOSIT
+    assert conn.execute("SELECT COUNT(*) FROM ledger_outbox").fetchone()[0] == 0
