@@ -2,7 +2,8 @@
 
     pytest hil_tests                                   # emulator (the default, in `make test`)
     pytest hil_tests --target esp32 --port /dev/ttyUSB0 [--meter-port /dev/ttyUSB1]
-           [--charger-id CP-7] [--broker 192.168.1.10:1883] [--wifi-ssid S --wifi-password P]
+           [--charger-id CP-7 --ocpp 192.168.1.10:9000] [--broker 192.168.1.10:1883]
+           [--wifi-ssid S --wifi-password P]
 
 One bench (broker, Anvil, gateway with the central system, meter, device, charger) serves
 the whole session: the tests leave it as they found it (a stopped broker is started
@@ -37,6 +38,9 @@ def pytest_addoption(parser):
                 help="HOST:PORT the broker listens on and the device connects to "
                      "(esp32: this machine's address on the board's Wi-Fi); "
                      "default 127.0.0.1 on a free port")
+    g.addoption("--ocpp", default=None,
+                help="HOST:PORT the central system listens on (a real charger's URL is "
+                     "ws://HOST:PORT/ocpp/<charger-id>); default 127.0.0.1 on a free port")
     g.addoption("--device-id", default=None, help="device id to provision (default per target)")
     g.addoption("--wifi-ssid", default=None, help="esp32: Wi-Fi network for the board")
     g.addoption("--wifi-password", default=None, help="esp32: Wi-Fi password")
@@ -44,7 +48,7 @@ def pytest_addoption(parser):
 
 def _opts(config):
     names = ("target", "port", "meter_port", "meter_model", "reading_interval", "charger_id",
-             "charger_password", "broker", "device_id",
+             "charger_password", "broker", "ocpp", "device_id",
              "wifi_ssid", "wifi_password")
     return {n: config.getoption(n) for n in names}
 

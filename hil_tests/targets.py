@@ -358,22 +358,32 @@ class Esp32Device(_Device):
 
     def power_cycle(self, off_s=0.0):
         """Reset through the adapter: RTS pulls EN low (IO0 stays high through DTR, so the
-        chip boots the firmware, not the ROM loader), as esptool's hard reset does."""
+        chip boots the firmware, not the ROM loader), as esptool's hard reset does. The
+        ROM's boot banner ("rst:0x1 ...") on the console proves the reset happened."""
         import serial
 
         s = serial.Serial()
         s.port = self.console_path
         s.baudrate = 115200
+        s.timeout = 0.1
         s.dtr = False
         s.rts = False
         s.open()
         try:
+            s.reset_input_buffer()
             s.dtr = False
             s.rts = True
             time.sleep(max(0.1, off_s))
             s.rts = False
+            seen = b""
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and b"rst:" not in seen:
+                seen += s.read(256)
         finally:
             s.close()
+        if b"rst:" not in seen:
+            raise AssertionError(f"no boot banner on {self.console_path} after pulling RTS: the "
+                                 "adapter's RTS does not reach EN (native-USB board?)")
 
     def log_tail(self, n=3000):
         return "(the ESP32 logs to its console UART)"
@@ -544,7 +554,9 @@ class Bench:
         host, _, port = (opts["broker"] or "127.0.0.1:0").rpartition(":")
         self.broker_host = host or "127.0.0.1"
         self.broker_port = int(port) if port and port != "0" else free_port()
-        self.ocpp_port = free_port()
+        host, _, port = (opts.get("ocpp") or "127.0.0.1:0").rpartition(":")
+        self.ocpp_host = host or "127.0.0.1"
+        self.ocpp_port = int(port) if port and port != "0" else free_port()
         self.started = time.time()
         self._stack = []        # (name, stop) in start order
         self._conn = None
@@ -633,7 +645,7 @@ class Bench:
 
     @property
     def ocpp_url(self):
-        return f"ws://127.0.0.1:{self.ocpp_port}/ocpp"
+        return f"ws://{self.ocpp_host}:{self.ocpp_port}/ocpp"
 
     def _write_config(self):
         from eth_account import Account
@@ -670,7 +682,7 @@ class Bench:
                                  "founding_team": address("founding-team"),
                                  "contribution": address("contribution")},
             },
-            "ocpp": {"enabled": True, "listen": f"127.0.0.1:{self.ocpp_port}",
+            "ocpp": {"enabled": True, "listen": f"{self.ocpp_host}:{self.ocpp_port}",
                      "price_per_kwh": PRICE_PER_KWH, "min_deposit_eea": "1 EEA",
                      "energy_pool": POOL, "command_poll_s": 0.2},
         }
@@ -839,7 +851,7 @@ class Gateway:
         exe = shutil.which("egs-gw", path=str(Path(sys.executable).parent))
         argv = [exe] if exe else [sys.executable, "-m", "gateway.cli"]
         self.svc = Service(argv + ["run", "--config", bench.config_path,
-                                   "--ocpp", f"127.0.0.1:{bench.ocpp_port}"],
+                                   "--ocpp", f"{bench.ocpp_host}:{bench.ocpp_port}"],
                            log_path=self.log_path, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def start(self):
@@ -861,7 +873,7 @@ class Gateway:
             wait_for(up, 60, "the gateway to connect to the broker")
         finally:
             conn.close()
-        wait_port(self.bench.ocpp_port, timeout=30, proc=self.svc.proc)
+        wait_port(self.bench.ocpp_port, timeout=30, proc=self.svc.proc, host=self.bench.ocpp_host)
         return self
 
     def stop(self):
