@@ -23,6 +23,8 @@ from ocpp_cs import auth, store
 from ocpp_cs.settings import Settings, format_eea, parse_eea
 
 console = Console()
+if not console.is_terminal and console.width < 140:  # piped output: do not cut tables at 80
+    console = Console(width=140)
 
 
 def _conn(app):
@@ -43,8 +45,10 @@ def _when(epoch):
 
 def _table(title, columns, rows):
     t = Table(title=title)
-    for c in columns:
-        t.add_column(c)
+    for c in columns:  # one line per row: long values are cut with … (--json has them whole)
+        long = c in ("review reason", "value", "owner", "address", "connectors")
+        t.add_column(c, no_wrap=True, overflow="ellipsis", min_width=None if long else len(c) + 2,
+                     max_width=32 if long else None)
     for r in rows:
         t.add_row(*[("" if v is None else str(v)) for v in r])
     console.print(t)
@@ -412,12 +416,12 @@ def _session_dict(t):
 
 
 def _sessions_table(rows):
-    _table("sessions", ["tx", "charger", "conn", "idTag", "state", "Wh", "source", "EEA", "fee",
-                        "started", "reason"], [
+    _table("sessions", ["tx", "charger", "conn", "idTag", "state", "Wh", "EEA", "fee", "started",
+                        "review reason"], [
         (s["id"], s["charger_id"], s["connector_id"], s["id_tag"], s["state"], s["energy_wh"],
-         s["energy_source"], format_eea(s["energy_eea"]) if s["energy_eea"] else "",
-         format_eea(s["fee_eea"]) if s["fee_eea"] else "", s["start_ts"],
-         s["review_reason"][:60]) for s in rows])
+         format_eea(s["energy_eea"]) if s["energy_eea"] else "",
+         format_eea(s["fee_eea"]) if s["fee_eea"] else "", (s["start_ts"] or "")[:16],
+         s["review_reason"]) for s in rows])
 
 
 @click.group("session")

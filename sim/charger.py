@@ -678,6 +678,11 @@ class SimChargePoint:
                              "refused" if tx is None else "started")
                     if tx is None:
                         next_arrival[c.id] = self.now() + rnd.uniform(0.5, 1.5) * ev_every
+                elif c.tx is not None and c.tx.id_tag_status not in (None, "Accepted"):
+                    # StopTransactionOnInvalidId: the CS refused the idTag after the start
+                    log.info("%s/%s: idTag %s, stopping", self.id, c.id, c.tx.id_tag_status)
+                    await self.stop_transaction(c.id, reason="DeAuthorized")
+                    next_arrival[c.id] = self.now() + rnd.uniform(0.5, 1.5) * ev_every
                 elif c.tx is not None:
                     power = min(c.max_w, c.ev.max_w)
                     wh = await self.deliver(c.id, power * meter_interval // 3600,
