@@ -516,6 +516,8 @@ class SimCharger:
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
+        if not self.thread.is_alive() and not self.loop.is_closed():
+            self.loop.close()
 
 
 class ExternalCharger:
@@ -561,7 +563,7 @@ class Bench:
         self._stack = []        # (name, stop) in start order
         self._conn = None
         self.provisioned = None
-        self.ledger = self.anvil = self.broker = self.gateway = None
+        self.anvil = self.broker = self.gateway = None
         self.device = self.meter = self.charger = None
         self.charger_id = opts["charger_id"] or "HIL-CP1"
         self.charger_password = opts.get("charger_password") or "hil-charger-pw-1"
@@ -582,27 +584,33 @@ class Bench:
         return self
 
     def _start(self):
-        self.anvil = Anvil(self.workdir / "anvil").start()
+        # each piece is put on the stop list before it starts, so a half-started one is
+        # stopped too
+        self.anvil = Anvil(self.workdir / "anvil")
         self._started("anvil", self.anvil.stop)
+        self.anvil.start()
         self._write_config()
         self._deploy()
         self._configure_broker()
         self.broker = Mosquitto(self.broker_dir, port=self.broker_port,
                                 config_text=(self.broker_dir / "mosquitto.conf").read_text())
-        self.broker.start()
         self._started("mosquitto", self.broker.stop)
+        self.broker.start()
         self.gateway = Gateway(self)
-        self.gateway.start()
         self._started("gateway", self.gateway.stop)
-        self.meter = self._make_meter().start()
+        self.gateway.start()
+        self.meter = self._make_meter()
         self._started("meter", self.meter.stop)
-        self.device = self._make_device().start()
+        self.meter.start()
+        self.device = self._make_device()
         self._started("device", self.device.stop)
+        self.device.start()
         self.device.wait_console(60)
         self.provisioned = self._provision()
         self._register_charging()
-        self.charger = self._make_charger().start()
+        self.charger = self._make_charger()
         self._started("charger", self.charger.stop)
+        self.charger.start()
 
     def stop(self):
         errors = []
