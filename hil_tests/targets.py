@@ -244,15 +244,6 @@ class _Device:
         return time.time() - self.clock_offset_s
 
 
-def _clock_prelude(offset_ms):
-    """MicroPython lines run before firmware.main: the unix HAL's wall clock set back by
-    offset_ms, as a device whose RTC is behind would read it."""
-    return ("import firmware.hal.unix as _hu\n"
-            "_hu_time_ms = _hu.Hal.time_ms\n"
-            f"_hu.Hal.time_ms = lambda self: _hu_time_ms(self) - {int(offset_ms)}\n"
-            "del _hu\n")
-
-
 class SimDevice(_Device):
     """The real firmware under `micropython` (sim/device.py DeviceProcess), unprovisioned,
     with its console on a pseudo-terminal. The slave end stays open here for the whole
@@ -271,58 +262,18 @@ class SimDevice(_Device):
         tty.setraw(slave)              # no echo of the firmware's replies back into it
         self._fds = [master, slave]
         self.console_path = os.ttyname(slave)
-        self._bridge = None
-        try:
-            self.proc = DeviceProcess(self.state_dir, console_fd=master)
-        except TypeError:              # a DeviceProcess with pipe consoles only: bridge
-            self.proc = DeviceProcess(self.state_dir)
-            self._bridge = master
-        # the device's clock: the next quarter hour falls at crossing_at (host time)
+        # the device's clock: its next quarter hour falls at crossing_at (host time)
         boundary = int(crossing_at) // QUARTER_S * QUARTER_S
         offset = crossing_at - boundary
         if offset < 10:
             offset += QUARTER_S
         self.clock_offset_s = offset
-        self.proc.argv = self._with_clock(self.proc.argv, int(offset * 1000))
-
-    @staticmethod
-    def _with_clock(argv, offset_ms):
-        from sim.device import ROMBOOT
-
-        i = argv.index("-c") + 1
-        anchor = "from firmware.main import main"
-        if argv[i] != ROMBOOT or anchor not in ROMBOOT:
-            raise RuntimeError("sim/device.py boots the firmware differently now: "
-                               "update hil_tests/targets.py SimDevice._with_clock")
-        argv = list(argv)
-        argv[i] = ROMBOOT.replace(anchor, _clock_prelude(offset_ms) + anchor)
-        return argv
+        self.proc = DeviceProcess(self.state_dir, console_fd=master,
+                                  time_offset_ms=-int(offset * 1000))
 
     def start(self):
         self.proc.start()
-        if self._bridge is not None:
-            threading.Thread(target=self._pump_console, daemon=True).start()
         return self
-
-    def _pump_console(self):
-        """Fallback bridge: lines from the pty go to the firmware's stdin through
-        DeviceProcess.request(), replies come back onto the pty."""
-        fd, buf = self._bridge, b""
-        while self._bridge is not None:
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                return
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if not line.strip():
-                    continue
-                try:
-                    reply = self.proc.request(line.strip(), timeout=15)
-                except Exception as e:  # noqa: BLE001 - reported on the console
-                    reply = {"ok": False, "error": f"bridge: {e}"}
-                os.write(fd, json.dumps(reply).encode() + b"\n")
 
     def power_cycle(self, off_s=0.0):
         """A power cut: SIGKILL (whatever the firmware was doing), then power up again."""
@@ -337,7 +288,6 @@ class SimDevice(_Device):
         try:
             self.proc.stop()
         finally:
-            self._bridge = None
             for fd in self._fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
