@@ -68,7 +68,6 @@ def test_a_reading_flows_to_the_ledger(bench):
         rec = ocmf.verify(r["raw"], pub)
         assert (rec.sequence, rec.import_wh, rec.export_wh, rec.time_epoch) == \
             (r["seq"], r["import_wh"], r["export_wh"], r["time_epoch"])
-    assert any(r["time_epoch"] == end for r in rows), "the firmware reads at every quarter hour"
     seqs = [r["seq"] for r in rows]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "no gap, no duplicate"
 
