@@ -15,7 +15,8 @@ on a bench with a real ESP32, so the tests never ask which one they have.
                     credentials and ACL); stop()/start() for outages.
     bench.gateway   `egs-gw run` as a subprocess with a generated config: ingest, intervals,
                     ledger on Anvil, and the OCPP central system (--ocpp).
-    bench.ledger    Anvil with the WATT/EEA contracts deployed by `egs-gw ledger deploy`.
+    bench.anvil     Anvil with the WATT/EEA contracts deployed by `egs-gw ledger deploy`;
+                    bench.chain() reads them, bench.deposit() prepays EEA on chain.
     bench.charger   sim (and esp32 without --charger-id): the charge point emulator of
                     sim/charger.py; with --charger-id: a real charger pointed at the central
                     system (tests that must drive it skip).
@@ -23,12 +24,12 @@ on a bench with a real ESP32, so the tests never ask which one they have.
 Time. The gateway settles fixed 15-minute intervals (gateway/intervals.py, LENGTH_S) and
 neither it nor the ledger has a clock option. An interval closes when the device signs a
 reading at or after its end, which the firmware always does at a quarter hour. On the
-emulator the device's real-time clock is set back when it is powered up (the unix HAL's
-`time_ms` shifted by a fixed offset before the firmware starts; nothing else changes) so
-that a quarter hour falls `CROSSING_S` seconds after the bench starts: its readings are
-then a few minutes old when they arrive, which the gateway accepts, and the interval is
-settled at once. A real board keeps NTP time: the suite waits for the next real quarter
-hour (up to 16 minutes).
+emulator the device's clock is set back (the unix HAL's time offset, DeviceProcess
+time_offset_ms; the same across power cycles, like a real-time clock) so that a quarter
+hour falls `CROSSING_S` seconds after it is powered up: its readings are then a few
+minutes old when they arrive, which the gateway accepts, and the interval is settled at
+once. A real board keeps NTP time: the suite waits for the next real quarter hour (up to
+16 minutes).
 
 Every process is started in its own process group through sim.services and is stopped
 by Bench.stop() (and at interpreter exit), whatever a test did.
