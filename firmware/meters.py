@@ -180,7 +180,9 @@ def read_fields(master, model, unit, names):
     """
     m = get_model(model)
     fields = [m[n] for n in names]
-    values = [None] * len(fields)
+    # By field index, not a list of None placeholders: read_plan covers every field, and
+    # were it ever to miss one, the KeyError below beats returning None as a reading.
+    values = {}
     for fc, addr, count in read_plan(fields):
         data = master.read(unit, fc, addr, count)
         for i, f in enumerate(fields):
@@ -189,7 +191,7 @@ def read_fields(master, model, unit, names):
                     values[i] = decode(data, 2 * (f[1] - addr), f[2], f[3], f[4])
                 except MeterFault as e:
                     raise MeterFault(e.reason, names[i])
-    return values
+    return [values[i] for i in range(len(fields))]
 
 
 def read_energy(master, model, unit):

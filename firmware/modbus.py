@@ -38,16 +38,24 @@ The UART is anything with the interface of firmware/hal/uart.py.
 try:
     from time import sleep_ms, ticks_diff, ticks_ms
 except ImportError:  # CPython: tools and tests drive the same master
-    import time as _time
+    # The fallbacks are bound by assignment, not `def`: a def of the same name would become
+    # the declared type, and the type check would then judge MicroPython's own functions
+    # against it instead of the other way round.
+    from time import monotonic as _monotonic  # pyright: ignore[reportAttributeAccessIssue] -- this branch runs only on CPython, whose time has monotonic(); MicroPython took the import above
+    from time import sleep as _sleep
 
-    def ticks_ms():
-        return int(_time.monotonic() * 1000)
+    def _cpython_ticks_ms():
+        return int(_monotonic() * 1000)
 
-    def ticks_diff(a, b):
+    def _cpython_ticks_diff(a, b):
         return a - b
 
-    def sleep_ms(ms):
-        _time.sleep(ms / 1000)
+    def _cpython_sleep_ms(ms):
+        _sleep(ms / 1000)
+
+    ticks_ms = _cpython_ticks_ms
+    ticks_diff = _cpython_ticks_diff
+    sleep_ms = _cpython_sleep_ms
 
 
 READ_HOLDING = 3
@@ -222,7 +230,7 @@ class Master:
         self.silence_ms = silence_ms
         self.gap_ms = max(gap_ms, silence_ms)
         self.counters = new_counters()
-        self._last = ticks_ms() - silence_ms
+        self._last = None            # last bus activity; None: the first request need not wait
 
     def errors(self):
         c = self.counters
@@ -262,9 +270,10 @@ class Master:
         uart = self.uart
         try:
             self._discard_input()
-            wait = self.silence_ms - ticks_diff(ticks_ms(), self._last)
-            if wait > 0:
-                sleep_ms(wait)
+            if self._last is not None:
+                wait = self.silence_ms - ticks_diff(ticks_ms(), self._last)
+                if wait > 0:
+                    sleep_ms(wait)
             uart.write(request)
             self._last = ticks_ms()
             buf = self._receive(unit, function, count)

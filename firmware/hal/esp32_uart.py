@@ -14,6 +14,9 @@ compiles) on the unix port, where this class cannot run.
 """
 from firmware.hal.uart import Uart
 
+_EBADF = 9
+
+
 
 class Esp32Uart(Uart):
     def __init__(self, uart_id=2, baudrate=9600, tx=17, rx=16, de_pin=4, parity=None,
@@ -36,10 +39,17 @@ class Esp32Uart(Uart):
         # One character of 11 bits, in microseconds (rounded up): the margin after txdone.
         self._char_us = (11000000 + baudrate - 1) // baudrate
 
-    def _wait_tx_done(self):
+    def _open_uart(self):
+        """The UART; OSError once closed (the interface's "link gone", which the master
+        counts as a link error)."""
+        uart = self._uart
+        if uart is None:
+            raise OSError(_EBADF, "uart closed")
+        return uart
+
+    def _wait_tx_done(self, uart):
         import time
 
-        uart = self._uart
         if hasattr(uart, "flush"):
             uart.flush()
         if hasattr(uart, "txdone"):
@@ -54,8 +64,9 @@ class Esp32Uart(Uart):
         if de is not None:
             de.value(1)
         try:
-            self._uart.write(data)
-            self._wait_tx_done()
+            uart = self._open_uart()
+            uart.write(data)
+            self._wait_tx_done(uart)
         finally:
             if de is not None:
                 de.value(0)
@@ -65,23 +76,25 @@ class Esp32Uart(Uart):
     def _discard_echo(self, n):
         import time
 
+        uart = self._open_uart()
         deadline = time.ticks_add(time.ticks_ms(), 50 + n * self._char_us // 1000)
         while n > 0 and time.ticks_diff(deadline, time.ticks_ms()) > 0:
-            got = self._uart.read(n)
+            got = uart.read(n)
             if got:
                 n -= len(got)
 
     def read(self, n):
-        data = self._uart.read(n)
+        data = self._open_uart().read(n)
         return data or b""
 
     def wait_readable(self, timeout_ms):
-        if self._uart.any():
+        if self._open_uart().any():
             return True
         return bool(self._poll.poll(max(0, int(timeout_ms))))
 
     def close(self):
-        if self._uart is not None:
-            self._poll.unregister(self._uart)
-            self._uart.deinit()
+        uart = self._uart
+        if uart is not None:
+            self._poll.unregister(uart)
+            uart.deinit()
             self._uart = None

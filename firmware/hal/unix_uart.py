@@ -8,11 +8,12 @@ Facts this relies on (checked on MicroPython v1.29 unix, Linux):
   constants). We put the tty in raw mode ourselves (no echo, no CR/LF mapping, 8 bits, no
   flow control: RTU bytes must cross unchanged) instead of trusting the other side to have
   done it: for a pseudo-terminal the emulator also sets raw mode on the slave, and the
-  settings are shared, so doing it twice is harmless. CPython has no termios.setraw; there
-  tty.setraw does the same.
+  settings are shared, so doing it twice is harmless. CPython has no termios.setraw, and
+  the unix port has no `tty` module (so this module cannot import it); under CPython
+  _setraw() clears the same flags as CPython 3.11's tty.setraw().
 - termios on the unix port lacks B2400/B4800/B19200/B38400 and the PARENB/PARODD/CSTOPB
-  flags (and the VMIN/VTIME indices); we use the Linux values for those (the unix port is only used on Linux here). On a
-  pseudo-terminal the line speed means nothing; on a USB adapter it is the meter's baud rate.
+  flags (and the VMIN/VTIME indices); we use the Linux values for those (the unix port is
+  only used on Linux here). On a pseudo-terminal the line speed means nothing; on a USB adapter it is the meter's baud rate.
 """
 import select
 
@@ -29,7 +30,26 @@ _CLOCAL = 0o4000
 _VTIME = 5
 _VMIN = 6
 _EIO = 5
+_EBADF = 9
 _ECONNRESET = 104
+# Raw mode where termios has no setraw() (CPython), Linux values: the flags tty.setraw() clears.
+_RAW_IFLAG = 0o2 | 0o400 | 0o20 | 0o40 | 0o2000   # BRKINT ICRNL INPCK ISTRIP IXON
+_RAW_OFLAG = 0o1                                  # OPOST
+_CSIZE = 0o60
+_CS8 = 0o60
+_RAW_LFLAG = 0o10 | 0o2 | 0o100000 | 0o1          # ECHO ICANON IEXTEN ISIG
+_TCSAFLUSH = 2
+
+
+def _setraw(termios, fd):
+    attrs = termios.tcgetattr(fd)
+    attrs[0] &= ~_RAW_IFLAG
+    attrs[1] &= ~_RAW_OFLAG
+    attrs[2] = (attrs[2] & ~(_CSIZE | _PARENB)) | _CS8
+    attrs[3] &= ~_RAW_LFLAG
+    attrs[6][_VMIN] = 1
+    attrs[6][_VTIME] = 0
+    termios.tcsetattr(fd, _TCSAFLUSH, attrs)
 
 
 def _configure(fd, baudrate, parity, stopbits):
@@ -40,8 +60,7 @@ def _configure(fd, baudrate, parity, stopbits):
     if hasattr(termios, "setraw"):
         termios.setraw(fd)
     else:  # CPython
-        import tty
-        tty.setraw(fd)
+        _setraw(termios, fd)
     attrs = termios.tcgetattr(fd)
     cflag = attrs[2] & ~(_PARENB | _PARODD | _CSTOPB)
     cflag |= _CREAD | _CLOCAL
@@ -78,8 +97,15 @@ class TtyUart(Uart):
         self._poll = select.poll()
         self._poll.register(self._f, select.POLLIN)
 
-    def write(self, data):
+    def _file(self):
+        """The tty; OSError once closed (the interface's "link gone")."""
         f = self._f
+        if f is None:
+            raise OSError(_EBADF, "tty closed")
+        return f
+
+    def write(self, data):
+        f = self._file()
         view = memoryview(data)
         while len(view):
             n = f.write(view)
@@ -94,7 +120,7 @@ class TtyUart(Uart):
     def read(self, n):
         flags = self._events(0)
         if flags & select.POLLIN:
-            data = self._f.read(n)
+            data = self._file().read(n)
             if not data:
                 raise OSError(_EIO, "tty closed")
             return data
@@ -106,9 +132,10 @@ class TtyUart(Uart):
         return bool(self._events(max(0, int(timeout_ms))))
 
     def close(self):
-        if self._f is not None:
-            self._poll.unregister(self._f)
-            self._f.close()
+        f = self._f
+        if f is not None:
+            self._poll.unregister(f)
+            f.close()
             self._f = None
 
 
@@ -140,30 +167,34 @@ class TcpUart(Uart):
         except OSError:
             sock.close()
             raise
+        poll = select.poll()
+        poll.register(sock, select.POLLIN)
         self._sock = sock
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
+        self._poll = poll
+        return sock
 
     def write(self, data):
-        if self._sock is None:
-            self._connect()
+        sock = self._sock
+        if sock is None:
+            sock = self._connect()
         try:
-            self._sock.sendall(data)
+            sock.sendall(data)
         except OSError:
             self.close()
             raise
 
     def read(self, n):
-        if self._sock is None:
+        sock, poll = self._sock, self._poll
+        if sock is None or poll is None:
             return b""
-        ev = self._poll.poll(0)
+        ev = poll.poll(0)
         if not ev:
             return b""
         if ev[0][1] & (select.POLLHUP | select.POLLERR) and not ev[0][1] & select.POLLIN:
             self.close()
             raise OSError(_ECONNRESET, "connection lost")
         try:
-            data = self._sock.recv(n)
+            data = sock.recv(n)
         except OSError:
             self.close()
             raise
@@ -173,13 +204,16 @@ class TcpUart(Uart):
         return data
 
     def wait_readable(self, timeout_ms):
-        if self._sock is None:
+        poll = self._poll
+        if self._sock is None or poll is None:
             return False
-        return bool(self._poll.poll(max(0, int(timeout_ms))))
+        return bool(poll.poll(max(0, int(timeout_ms))))
 
     def close(self):
-        if self._sock is not None:
-            self._poll.unregister(self._sock)
-            self._sock.close()
+        sock, poll = self._sock, self._poll
+        if sock is not None:
+            if poll is not None:
+                poll.unregister(sock)
+            sock.close()
             self._sock = None
             self._poll = None
