@@ -96,8 +96,7 @@ class Reader:
         return name, size
 
     def read(self, n):
-        if n > self.left:
-            n = self.left
+        n = min(n, self.left)
         data = self.f.read(n) if n else b""
         if len(data) < n:
             raise BundleError("archive truncated inside an entry")
@@ -187,6 +186,19 @@ def _mkdir(path):
         pass          # exists already (a stale file there makes the open() below fail)
 
 
+def _copy_entry(r, chunk, out):
+    """Hex SHA-256 of the rest of the current entry, written to `out` as read (unless None)."""
+    h = hashlib.sha256()
+    while True:
+        data = r.read(chunk)
+        if not data:
+            break
+        h.update(data)
+        if out is not None:
+            out.write(data)
+    return _hex(h.digest())
+
+
 def install(f, release_pubkey, dest=None, chunk=1024):
     """Check bundle `f` completely; with `dest`, unpack its files under that directory.
 
@@ -205,28 +217,18 @@ def install(f, release_pubkey, dest=None, chunk=1024):
             raise BundleError("unexpected entry %s (manifest expects app/%s)" % (entry[0], name))
         if entry[1] != size:
             raise BundleError("size of %s is %d, manifest says %d" % (name, entry[1], size))
-        out = None
-        if dest is not None:
+        if dest is None:
+            got = _copy_entry(r, chunk, None)
+        else:
             path = dest
             for part in name.split("/")[:-1]:
                 path = path + "/" + part
                 if path not in made:
                     _mkdir(path)
                     made.add(path)
-            out = open(dest + "/" + name, "wb")
-        h = hashlib.sha256()
-        try:
-            while True:
-                data = r.read(chunk)
-                if not data:
-                    break
-                h.update(data)
-                if out is not None:
-                    out.write(data)
-        finally:
-            if out is not None:
-                out.close()
-        if _hex(h.digest()) != digest:
+            with open(dest + "/" + name, "wb") as out:
+                got = _copy_entry(r, chunk, out)
+        if got != digest:
             raise BundleError("sha256 of %s does not match the manifest" % name)
     if r.next() is not None:
         raise BundleError("bundle has entries the manifest does not list")

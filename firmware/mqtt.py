@@ -171,7 +171,7 @@ class Client:
         if sock is not None:
             try:
                 sock.close()
-            except Exception:  # noqa: BLE001 - closing must not fail
+            except Exception:  # noqa: BLE001, S110 - closing must not fail; the cause is kept above
                 pass
         self._poll = None
         self.inflight = {}

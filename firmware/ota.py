@@ -187,7 +187,7 @@ def download(hal, job, staging):
     with open(staging, "wb") as out:
         offset = 0
         while offset < size:
-            n = CHUNK if size - offset > CHUNK else size - offset
+            n = min(size - offset, CHUNK)
             last = None
             for _ in range(RETRIES):
                 hal.feed_watchdog()
@@ -218,7 +218,7 @@ def _get(hal, host, port, path, offset, n, out, buf):
         out.write(first)
         view = memoryview(buf)
         while got < n:
-            k = sock.readinto(view[:n - got if n - got < len(buf) else len(buf)])
+            k = sock.readinto(view[:min(len(buf), n - got)])
             if not k:
                 break
             out.write(view[:k])
