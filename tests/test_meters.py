@@ -269,7 +269,7 @@ def test_emulator_refuses_bad_faults():
 # ---------------------------------------------------------------- MicroPython master, every model
 
 @pytest.mark.parametrize("transport", ["pty", "tcp"])
-def test_micropython_reads_every_model(tmp_path, mp_probe, transport):  # noqa: F811
+def test_micropython_reads_every_model(tmp_path, mp_probe, transport):
     for model in MODELS:
         big = 98_765_430 if model == "abb_b23" else 98_765_432
         kw = {"import_wh": big, "export_wh": 1_000_001, "flat_w": 4321, "speed": 0}

@@ -313,7 +313,7 @@ def test_a_babbling_tcp_peer_cannot_hang_the_master():
 # ---------------------------------------------------------------- the real MicroPython master
 
 @pytest.mark.parametrize("transport", ["pty", "tcp"])
-def test_micropython_master_counts_every_fault(tmp_path, mp_probe, transport):  # noqa: F811
+def test_micropython_master_counts_every_fault(tmp_path, mp_probe, transport):
     kw = {"import_wh": 98_765_432, "export_wh": 0, "speed": 0}
     if transport == "pty":
         em = MeterEmulator("sdm630", serial_link=tmp_path / "meter", **kw)
