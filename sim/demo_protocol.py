@@ -34,7 +34,7 @@ def run(out=print):
               .replace("EXPORT_WH", str(export_wh)).replace("EPOCH", str(epoch)))
     out("1. On MicroPython (-X heapsize=100K): generate a device key, sign an OCMF reading")
     proc = subprocess.run([micropython(), "-X", "heapsize=100K", "-c", script],
-                          capture_output=True, text=True, timeout=60,
+                          capture_output=True, text=True, timeout=60, check=False,
                           env={"MICROPYPATH": f".frozen:{ROOT}", "PATH": "/usr/bin:/bin"})
     if proc.returncode != 0:
         raise RuntimeError(f"MicroPython failed: {proc.stderr or proc.stdout}")
@@ -61,6 +61,6 @@ def run(out=print):
 if __name__ == "__main__":
     try:
         run()
-    except Exception as e:  # the demo's one-line failure
+    except Exception as e:  # noqa: BLE001 - any failure of the walk-through is one line on stderr
         print(f"demo failed: {e}", file=sys.stderr)
         sys.exit(1)

@@ -232,11 +232,10 @@ class DeviceProcess(Service):
 
     def start(self):
         self._halted = False
-        log = open(self.log_path, "ab")
         console = subprocess.PIPE if self.console_fd is None else self.console_fd
-        self.proc = subprocess.Popen(self.argv, stdin=console, stdout=console,
-                                     stderr=log, cwd=ROOT, env=self.env, start_new_session=True)
-        log.close()
+        with open(self.log_path, "ab") as log:     # the child keeps its own descriptor
+            self.proc = subprocess.Popen(self.argv, stdin=console, stdout=console, stderr=log,
+                                         cwd=ROOT, env=self.env, start_new_session=True)
         self.starts += 1
         if self.console_fd is None:
             self._replies = queue.Queue()

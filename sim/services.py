@@ -5,6 +5,7 @@ registered so that it is stopped at exit even when a test fails or the demo is
 interrupted. Nothing here is a fake: these are the Debian mosquitto and the npm Anvil.
 """
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -56,11 +57,10 @@ class Service:
         self.proc = None
 
     def start(self):
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=self.env)
-        if log is not subprocess.DEVNULL:
-            log.close()
+        with (open(self.log_path, "ab") if self.log_path
+              else contextlib.nullcontext(subprocess.DEVNULL)) as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env=self.env)
         _RUNNING.add(self)
         return self
 
@@ -166,7 +166,7 @@ def _stop_all():
     for svc in list(_RUNNING):
         try:
             svc.stop(timeout=2)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - at exit every service still gets its stop
             pass
 
 
