@@ -56,15 +56,15 @@ def _exact(row_amount, row_delta):
     return int(row_amount) if row_amount is not None else int(row_delta)
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
 def normalize_address(address):
     """EVM addresses are stored lower-case hex with 0x; anything else is refused."""
     a = str(address).strip()
-    if not (len(a) == 42 and a[:2].lower() == "0x"):
+    # Every digit checked: int(..., 16) would also take "_", a sign or blanks.
+    if not (len(a) == 42 and a[:2].lower() == "0x" and all(c in _HEX for c in a[2:])):
         raise BalanceError(f"not an EVM address (0x + 40 hex digits): {address!r}")
-    try:
-        int(a[2:], 16)
-    except ValueError:
-        raise BalanceError(f"not an EVM address (0x + 40 hex digits): {address!r}") from None
     return "0x" + a[2:].lower()
 
 
