@@ -233,9 +233,12 @@ class DeviceProcess(Service):
     def start(self):
         self._halted = False
         console = subprocess.PIPE if self.console_fd is None else self.console_fd
+        # Its own process group (so it can be stopped as a whole) but not its own session:
+        # a session leader that opens the meter tty makes it its controlling terminal and
+        # is killed by SIGHUP when the meter (or its USB adapter) goes away.
         with open(self.log_path, "ab") as log:     # the child keeps its own descriptor
             self.proc = subprocess.Popen(self.argv, stdin=console, stdout=console, stderr=log,
-                                         cwd=ROOT, env=self.env, start_new_session=True)
+                                         cwd=ROOT, env=self.env, process_group=0)
         self.starts += 1
         if self.console_fd is None:
             self._replies = queue.Queue()
