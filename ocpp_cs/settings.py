@@ -111,6 +111,11 @@ config_mod.section("ocpp", {
     # sanity limits: above them a session is held for review instead of billed
     "max_session_wh": (int, 250_000),
     "max_power_w": (int, 400_000),
+    # thousands of connections make Python's garbage collector stall the event loop; every
+    # gc_freeze_s live objects are frozen out of it (reference counting still frees them),
+    # every gc_full_s everything is collected once (0 turns this off; see server.py)
+    "gc_freeze_s": (float, 1.0),
+    "gc_full_s": (float, 6 * 3600.0),
     # how often the service looks for CLI commands (ocpp_commands table)
     "command_poll_s": (float, 0.2),
 })
@@ -152,6 +157,8 @@ class Settings:
                 raise ConfigError(f"ocpp.{key}: must be positive, got {value}")
             setattr(self, key, value)
         self.command_poll_s = max(0.02, section["command_poll_s"])
+        self.gc_freeze_s = max(0.0, section["gc_freeze_s"])
+        self.gc_full_s = max(self.gc_freeze_s, section["gc_full_s"])
 
     @staticmethod
     def _amount(section, key, required):

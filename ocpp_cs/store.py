@@ -17,13 +17,12 @@ more than SQLite's 2**63 − 1 base units (9.2 EEA). Energy is integer Wh.
 """
 import json
 import re
-import time
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from eth_utils import keccak
 
-from gateway import accounts
+from gateway import accounts, clock
 from gateway.accounts import BalanceError, normalize_address
 from gateway.db import ensure_schema
 from gateway.ledger import outbox
@@ -150,7 +149,7 @@ def init(conn):
 
 
 def now():
-    return time.time()
+    return clock.now()
 
 
 def iso(epoch):
