@@ -83,60 +83,96 @@ def _configure(fd, baudrate, parity, stopbits):
 
 
 class TtyUart(Uart):
-    """A tty opened by path; parity None/"E"/"O"."""
+    """A tty opened by path; parity None/"E"/"O".
+
+    A link that goes away (USB adapter unplugged, emulator restarted) is closed and
+    reopened by path at the next use, so the meter comes back without a reboot; until
+    then every call raises OSError, which the master counts as a link error.
+    """
 
     def __init__(self, path, baudrate=9600, parity=None, stopbits=1):
         self.path = path
         self.baudrate = baudrate
-        self._f = open(path, "r+b", buffering=0)  # noqa: SIM115 - kept open
+        self._line = (parity, stopbits)
+        self._f = None
+        self._poll = None
+        self._closed = False
+        self._open()  # a wrong path at start is a configuration error: raise it
+
+    def _open(self):
+        f = open(self.path, "r+b", buffering=0)  # noqa: SIM115 - kept open
         try:
-            _configure(self._f.fileno(), baudrate, parity, stopbits)
+            _configure(f.fileno(), self.baudrate, self._line[0], self._line[1])
         except OSError:
-            self._f.close()
+            f.close()
             raise
-        self._poll = select.poll()
-        self._poll.register(self._f, select.POLLIN)
+        poll = select.poll()
+        poll.register(f, select.POLLIN)
+        self._f, self._poll = f, poll
+
+    def _drop(self):
+        f, poll = self._f, self._poll
+        self._f = self._poll = None
+        if f is not None:
+            if poll is not None:
+                poll.unregister(f)
+            f.close()
 
     def _file(self):
-        """The tty; OSError once closed (the interface's "link gone")."""
+        """The tty, reopened if the link was lost; OSError once closed or while still gone."""
+        if self._closed:
+            raise OSError(_EBADF, "tty closed")
+        if self._f is None:
+            self._open()
         f = self._f
         if f is None:
-            raise OSError(_EBADF, "tty closed")
+            raise OSError(_EIO, "tty not open")
         return f
+
+    def _lost(self, why):
+        self._drop()
+        raise OSError(_EIO, why)
 
     def write(self, data):
         f = self._file()
         view = memoryview(data)
-        while len(view):
-            n = f.write(view)
-            if n is None:
-                n = 0
-            view = view[n:]
+        try:
+            while len(view):
+                n = f.write(view)
+                if n is None:
+                    n = 0
+                view = view[n:]
+        except OSError:
+            self._lost("tty write failed")
 
     def _events(self, timeout_ms):
-        ev = self._poll.poll(timeout_ms)
+        self._file()
+        poll = self._poll
+        if poll is None:
+            return 0
+        ev = poll.poll(timeout_ms)
         return ev[0][1] if ev else 0
 
     def read(self, n):
         flags = self._events(0)
         if flags & select.POLLIN:
-            data = self._file().read(n)
+            try:
+                data = self._file().read(n)
+            except OSError:
+                data = None
             if not data:
-                raise OSError(_EIO, "tty closed")
+                self._lost("tty closed")
             return data
         if flags & (select.POLLHUP | select.POLLERR):
-            raise OSError(_EIO, "tty hung up")
+            self._lost("tty hung up")
         return b""
 
     def wait_readable(self, timeout_ms):
         return bool(self._events(max(0, int(timeout_ms))))
 
     def close(self):
-        f = self._f
-        if f is not None:
-            self._poll.unregister(f)
-            f.close()
-            self._f = None
+        self._closed = True
+        self._drop()
 
 
 class TcpUart(Uart):
