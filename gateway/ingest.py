@@ -30,12 +30,12 @@ feeds it from MQTT and publishes what it returns.
 import json
 import logging
 import re
-import time
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway import clock as domain_clock
 from gateway import intervals, store
 from gateway.db import transaction
 from protocol import topics
@@ -193,7 +193,7 @@ class Message:
         self.payload = bytes(payload) if payload is not None else b""
         self.device = None       # device id once the topic is parsed
         self.reject = None       # (reason, detail) decided before verification
-        self.received_at = received_at or time.time()
+        self.received_at = received_at or domain_clock.now()
 
 
 class Outcome:
@@ -243,7 +243,7 @@ class IngestCore:
     Single writer: only one ingest may run against a database (the service).
     """
 
-    def __init__(self, conn, community, cfg=None, clock=time.time):
+    def __init__(self, conn, community, cfg=None, clock=domain_clock.now):
         cfg = cfg or {}
         self.conn = conn
         self.community = community

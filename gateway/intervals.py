@@ -38,9 +38,9 @@ For the ledger (gateway/ledger): inside ONE transaction,
 energy plus adjustments carried into it (the total may be negative after a
 correction: burn instead of mint). The parts are in `metered_*` and `adjust_*`.
 """
-import time
 from bisect import bisect_right
 
+from gateway import clock
 from gateway.db import transaction
 
 LENGTH_S = 900
@@ -178,7 +178,7 @@ def _accounted(conn, device_id, start):
 
 def recompute_device(conn, device_id, since, gap=DEFAULT_ESTIMATE_GAP_S, now=None):
     """Bring one device's intervals up to date with its readings from `since` on."""
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     points, first_start = _points(conn, device_id, since)
     for start, imp, exp, est in compute(points, gap, first_start):
         row = conn.execute(
@@ -273,7 +273,7 @@ def closed_intervals(conn, now=None, grace_s=120, limit=None, refresh_first=True
     (to settle), metered_import_wh, metered_export_wh, adjust_import_wh,
     adjust_export_wh, estimated, state, settlement_id, settled_at.
     """
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     if refresh_first:
         refresh(conn, now=now)
     sql = (f"SELECT {_COLUMNS} FROM intervals i JOIN devices d ON d.id = i.device_id "
@@ -293,7 +293,7 @@ def mark_settled(conn, ids, settlement_id, now=None):
     ids = list(ids)
     if not ids:
         return 0
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     marks = ",".join("?" * len(ids))
     rows = conn.execute(f"SELECT id, state FROM intervals WHERE id IN ({marks})", ids).fetchall()
     found = {r[0]: r[1] for r in rows}

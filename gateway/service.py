@@ -33,8 +33,8 @@ import signal
 import sqlite3
 import time
 
+from gateway import clock, db, ingest, intervals, settings, store
 from gateway import config as config_mod
-from gateway import db, ingest, intervals, settings, store
 from gateway.pool import VerifierPool, WorkerDied
 
 COMPONENTS = {
@@ -277,7 +277,7 @@ class Gateway:
             await asyncio.sleep(0)      # let the MQTT reader take the next packet
 
     def _submit(self, batch):
-        now = time.time()
+        now = clock.now()
         msgs, statuses = [], []
         for m in batch:
             topic = str(m.topic)
@@ -333,7 +333,7 @@ async def _intervals_task(ctx, gw):
             try:
                 with db.transaction(conn):
                     intervals.refresh(conn, icfg["estimate_gap_s"])
-                closed = intervals.closed_intervals(conn, time.time(), icfg["grace_s"], refresh_first=False)
+                closed = intervals.closed_intervals(conn, clock.now(), icfg["grace_s"], refresh_first=False)
                 fresh = [r for r in closed if r["id"] not in announced]
                 announced = {r["id"] for r in closed}
                 if fresh:

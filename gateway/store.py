@@ -15,8 +15,8 @@ epoch change. Everything that changes the device registry bumps
 """
 import hashlib
 import json
-import time
 
+from gateway import clock
 from gateway.db import ensure_schema, transaction
 
 SCHEMA_VERSION = 1
@@ -139,7 +139,7 @@ def init(conn):
 
 
 def _now():
-    return time.time()
+    return clock.now()
 
 
 def _bump_registry(conn):

@@ -19,7 +19,8 @@ What it models, because the central system must cope with each:
   * the Core CS → charger calls (remote start/stop, reset, unlock, availability,
     configuration, clear cache, trigger message).
 
-The emulator's clock is `time.time() + clock_offset`: delivering energy faster than
+The emulator's clock is `gateway.clock.now() + clock_offset` (the wall clock, or the
+demo's shared simulated clock when EGS_CLOCK is set): delivering energy faster than
 real time (`deliver`) moves the clock on by the time the EV would have needed, so
 timestamps stay physically plausible for the central system's sanity checks.
 """
@@ -29,7 +30,6 @@ import json
 import logging
 import random
 import ssl as ssl_mod
-import time
 from datetime import UTC, datetime
 
 import click
@@ -40,6 +40,8 @@ from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from gateway import clock
 
 log = logging.getLogger("sim.charger")
 
@@ -297,7 +299,7 @@ class SimChargePoint:
     # -------------------------------------------------------------- clock and meter
 
     def now(self):
-        return time.time() + self.clock_offset
+        return clock.now() + self.clock_offset
 
     def free_connector(self, connector_id=None):
         for c in self.connectors.values():
@@ -666,7 +668,8 @@ class SimChargePoint:
         next_arrival = {c: self.now() + rnd.uniform(0, ev_every) for c in self.connectors}
         while until is None or self.now() < until:
             await asyncio.sleep(tick)
-            self.clock_offset += meter_interval - tick
+            if not clock.active():     # a shared simulated clock moves on by itself
+                self.clock_offset += meter_interval - tick
             for c in self.connectors.values():
                 if c.tx is None and self.now() >= next_arrival[c.id] and c.available:
                     ev = EV(battery_kwh=rnd.choice([40, 58, 77, 100]),

@@ -2,7 +2,10 @@
 
 A pymodbus 3 server (SimDevice datastore, RTU framing) serving the register maps of
 firmware/meters.py, so the emulator and the firmware read the same table. Energy counters
-advance from a power profile on a simulated clock; faults are injected while it runs.
+advance from a power profile on a simulated clock (its own, from start_epoch at `speed`;
+or, when EGS_CLOCK is set and no start_epoch is given, the demo's shared clock,
+gateway/clock.py); faults are injected while it runs. Subclasses may override
+`power_at(t)` for other profiles (sim/community.py).
 
 Links:
 - serial: `--serial-link PATH`. If PATH is an existing tty (a USB RS-485 adapter for
@@ -51,6 +54,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from firmware import meters
 from firmware.modbus import crc16
+from gateway import clock
 
 WMS_PER_WH = 3_600_000          # energy is integrated in W*ms
 FAULTS = ("timeout", "crc", "exception", "slow", "nan", "infinite", "negative", "garbage",
@@ -188,6 +192,9 @@ class MeterEmulator:
         self._acc_export = int(export_wh) * WMS_PER_WH
         if self._acc_import < 0 or self._acc_export < 0:
             raise ValueError("energy must be >= 0")
+        self._shared_clock = start_epoch is None and clock.active()
+        if self._shared_clock:
+            start_epoch = clock.now()
         start = time.time() if start_epoch is None else start_epoch
         self._sim_ms = int(start * 1000)
         self._t0 = time.monotonic()
@@ -201,14 +208,20 @@ class MeterEmulator:
 
     # ---- state, usable from any thread
     def _sim_now_ms(self):
+        if self._shared_clock:
+            return int(clock.now() * 1000)
         return self._sim0 + int((time.monotonic() - self._t0) * 1000 * self.speed)
+
+    def power_at(self, t):
+        """Net power in W (+ import, - export) at `t` seconds since midnight."""
+        return profile_power_w(self.profile, t, self.flat_w)
 
     def _advance(self):
         now = self._sim_now_ms()
         while self._sim_ms < now:
             step = min(60_000, now - self._sim_ms)
             t = ((self._sim_ms + step // 2) // 1000) % 86400
-            p = profile_power_w(self.profile, t, self.flat_w)
+            p = self.power_at(t)
             if p > 0:
                 self._acc_import += p * step
             else:
@@ -223,8 +236,7 @@ class MeterEmulator:
 
     def power_w(self):
         with self._lock:
-            return profile_power_w(self.profile, (self._sim_now_ms() // 1000) % 86400,
-                                   self.flat_w)
+            return self.power_at((self._sim_now_ms() // 1000) % 86400)
 
     def set_energy(self, import_wh=None, export_wh=None):
         """Set the counters (a counter reset, a replaced meter, a decrease)."""

@@ -6,7 +6,9 @@ firmware/hal/esp32.py, with the same methods):
   that must survive a reboot (counters.json), and the flash log (log/);
 - the meter link: a tty path (USB RS-485 adapter, or the emulator's pseudo-terminal) or
   "tcp:HOST:PORT" (RTU over TCP), through firmware/hal/unix_uart.py;
-- host time (the host keeps it synchronised), a plain TCP socket (TLS via `ssl`) for MQTT;
+- host time (the host keeps it synchronised), or the demo's simulated clock when the
+  environment has EGS_CLOCK="<origin>:<speed>:<real_start>" (gateway/clock.py: every process
+  of a demo reads the same accelerated time); a plain TCP socket (TLS via `ssl`) for MQTT;
 - the console: stdin/stdout, read without blocking; log lines go to stderr so the console
   carries nothing but the provisioning protocol's JSON replies;
 - no watchdog (the process supervisor is one); reboot = exit with REBOOT_EXIT, and the
@@ -36,6 +38,21 @@ def _exists(path):
         return False
 
 
+def _sim_clock():
+    """(origin_ms, speed, real_start_ms) from EGS_CLOCK, or None (gateway/clock.py)."""
+    text = os.getenv("EGS_CLOCK")
+    if not text:
+        return None
+    parts = text.split(":")
+    try:
+        origin, speed, real = float(parts[0]), float(parts[1]), float(parts[2])
+    except (IndexError, ValueError):
+        raise ValueError("EGS_CLOCK must be ORIGIN:SPEED:REAL_START, got %r" % text)
+    if len(parts) != 3 or speed <= 0:
+        raise ValueError("EGS_CLOCK must be ORIGIN:SPEED:REAL_START, got %r" % text)
+    return int(origin * 1000), speed, int(real * 1000)
+
+
 class Hal:
     name = NAME
 
@@ -43,6 +60,7 @@ class Hal:
         """time_offset_ms: added to the host clock (tests put the device's clock just
         before a quarter hour, say, without waiting for one)."""
         self.time_offset_ms = time_offset_ms
+        self._clock = _sim_clock()
         self.state_dir = state_dir.rstrip("/") or "."
         try:
             os.mkdir(self.state_dir)
@@ -63,8 +81,12 @@ class Hal:
 
     # ---------------------------------------------------------------- time
     def time_ms(self):
-        """Wall-clock epoch milliseconds."""
-        return time.time_ns() // 1000000 + self.time_offset_ms
+        """Wall-clock epoch milliseconds (on the simulated clock when EGS_CLOCK is set)."""
+        t = time.time_ns() // 1000000
+        if self._clock is not None:
+            origin_ms, speed, real_ms = self._clock
+            t = origin_ms + int((t - real_ms) * speed)
+        return t + self.time_offset_ms
 
     def time_synced(self):
         return True

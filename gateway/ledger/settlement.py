@@ -33,12 +33,11 @@ OCMF record (utf-8) the batch's device intervals rest on (gateway/intervals.py
 signed records can recompute it and match the Settled event on chain.
 """
 import json
-import time
 from collections import defaultdict
 
 from eth_utils import keccak
 
-from gateway import accounts, intervals
+from gateway import accounts, clock, intervals
 from gateway.db import transaction
 from gateway.ledger import commission, faults, intents, outbox, tables
 
@@ -85,7 +84,7 @@ class Engine:
 
     def step(self, conn, now=None):
         """Settle everything due at `now`; returns the settlement ids enqueued."""
-        now = time.time() if now is None else now
+        now = clock.now() if now is None else now
         with transaction(conn):
             return self._settle_due(conn, now)
 

@@ -15,9 +15,9 @@ what unsettled trades already promised:
 Trades settle per interval (settlement.py), which moves them into the balance book.
 """
 import sqlite3
-import time
 
 from gateway import accounts
+from gateway import clock as domain_clock
 from gateway.db import transaction
 from gateway.ledger import outbox
 from gateway.market import agents as agents_mod
@@ -111,7 +111,7 @@ class _Tx:
 class Market:
     """One community's book on the store. Not thread-safe: one Market per thread."""
 
-    def __init__(self, conn, community, settings=None, clock=time.time):
+    def __init__(self, conn, community, settings=None, clock=domain_clock.now):
         self.conn = conn
         self.community = community
         self.settings = dict(settings or market_settings())
@@ -381,7 +381,7 @@ def session_result(conn, oid, wh):
 
 
 def market_buy_for_session(conn, community, account, wh, *, ref, max_price=None, settings=None,
-                           clock=time.time):
+                           clock=domain_clock.now):
     """Buy a charging session's energy at the market for `account`, settled at once.
 
     Call it inside the session settlement's transaction (or alone: it then opens
@@ -406,7 +406,7 @@ def market_buy_for_session(conn, community, account, wh, *, ref, max_price=None,
     return market.session_buy(account, wh, ref, max_price=max_price)
 
 
-def session_price_source(community, pool, fallback_price, settings=None, clock=time.time,
+def session_price_source(community, pool, fallback_price, settings=None, clock=domain_clock.now,
                          log=None):
     """A price source for ocpp_cs.store.settle that buys each session's energy at the market.
 
