@@ -58,7 +58,7 @@ FALLBACK_PRICE = "0.09 EEA"      # [ocpp] price_per_kwh: energy the market canno
 STATION_FEE = "0.02 EEA"         # per kWh, to the station owner
 COMMISSION_RATE = 2 * 10**14     # EEA base units per kWh stored per interval (0.0002 EEA)
 BMAX_WH = 10_000
-EV_OPEN_S, EV_CLOSE_S = 7 * 3600, 21 * 3600   # EVs arrive between 07:00 and 21:00
+EV_OPEN_S, EV_CLOSE_S = 8 * 3600, 21 * 3600   # EVs arrive between 08:00 and 21:00
 
 
 def address(label):
@@ -90,14 +90,14 @@ class Household:
         self.serial = 20_250_000 + index + 1
         self.import_wh = rnd.randrange(1_000_000, 9_000_000)
         self.export_wh = rnd.randrange(0, 4_000_000) if self.kind == "prosumer" else 0
-        cents = lambda lo, hi: f"{rnd.randrange(lo, hi + 1) / 1000:.3f} EEA"  # noqa: E731
+        cents = lambda lo, hi: f"{rnd.randrange(lo, hi + 1) / 1000:.3f} EEA"
         if carport_for:
             # the chargers' car park: a PV canopy whose export mints WATT to the energy pool
             # (the account that buys and burns the sessions' energy), and an agent that keeps
             # a stock of WATT for the sessions the market cannot supply at that moment
             self.id, self.kind, self.model = "carport", "carport", "sdm630"
             self.account = address("energy-pool")
-            self.pv_peak_w = min(40_000, 5_000 + 6_000 * carport_for)
+            self.pv_peak_w = min(45_000, 5_000 + 8_000 * carport_for)
             self.load_scale = 0.1
             self.export_wh = rnd.randrange(0, 1_000_000)
             self.agent = {"buy_price": "0.085 EEA", "buy_below": BMAX_WH - 500,
@@ -325,12 +325,13 @@ class ChargerPark:
         conn = cp.connectors[1]
 
         def in_hours(t):
-            """Moved into the hours EVs arrive (07:00-21:00 simulated time of day)."""
+            """Moved into the hours EVs arrive (08:00-21:00 simulated time of day); the
+            first cars of a morning come over its first four hours."""
             midnight, tod = t - t % 86400, t % 86400
             if tod < EV_OPEN_S:
-                return midnight + EV_OPEN_S + rnd.uniform(0, 1800)
+                return midnight + EV_OPEN_S + rnd.uniform(0, 4 * 3600)
             if tod > EV_CLOSE_S:
-                return midnight + 86400 + EV_OPEN_S + rnd.uniform(0, 1800)
+                return midnight + 86400 + EV_OPEN_S + rnd.uniform(0, 4 * 3600)
             return t
 
         def next_arrival(after):
@@ -721,7 +722,7 @@ class Community:
 
     def snapshot(self, conn):
         """What the progress view shows, read from the gateway's store."""
-        q = lambda sql, *a: conn.execute(sql, a).fetchone()[0]  # noqa: E731
+        q = lambda sql, *a: conn.execute(sql, a).fetchone()[0]
         outbox = dict(conn.execute("SELECT state, count(*) FROM ledger_outbox GROUP BY state").fetchall())
         sessions = dict(conn.execute("SELECT state, count(*) FROM ocpp_transactions GROUP BY state")
                         .fetchall())
@@ -965,4 +966,4 @@ def install_sigterm():
     signal.signal(signal.SIGTERM, handler)
 
 
-__all__ = ["Community", "Options", "ROOT", "day_window", "truth_wh"]
+__all__ = ["ROOT", "Community", "Options", "day_window", "truth_wh"]

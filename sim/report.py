@@ -57,7 +57,7 @@ def collect(community):
 def _collect(c, conn):
     facts = c.facts
     day_start, day_end = c.day
-    q = lambda sql, *a: conn.execute(sql, a).fetchall()  # noqa: E731
+    q = lambda sql, *a: conn.execute(sql, a).fetchall()
 
     book = defaultdict(int)          # (address, asset, reason) -> amount
     for r in q("SELECT address, asset, reason, amount, delta FROM balance_entries"):
@@ -501,7 +501,7 @@ def render(data, checks, console, chart_path=None):
 
     rec = data["reconcile"] or {}
     diffs = rec.get("differences")
-    console.print(f"egs-gw ledger reconcile: "
+    console.print("egs-gw ledger reconcile: "
                   + ("[bold green]clean[/]" if diffs == [] else f"[bold red]{len(diffs or [])} differences[/]")
                   + f" at block {rec.get('block')}: {rec.get('applied')} settlements applied, "
                     f"{rec.get('pending')} pending, {rec.get('accounts')} accounts")
@@ -521,11 +521,12 @@ def chart(data, path):
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
     from datetime import UTC, datetime
 
-    dt = lambda t: datetime.fromtimestamp(t, UTC)  # noqa: E731
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    dt = lambda t: datetime.fromtimestamp(t, UTC)
     iv = data["intervals"]
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(12, 10), sharex=True,
                                         gridspec_kw={"height_ratios": [3, 2, 2]})
@@ -563,10 +564,10 @@ def chart(data, path):
                             s=[max(8, min(200, t["wh"] / 40)) for t in group], alpha=0.55,
                             color=color, label=label)
         hourly = [(hr, p) for hr, _, p in data["market"]["hourly"] if p is not None]
-        if hourly:
-            ax2.step([dt(hr) for hr, _ in hourly] + [dt(hourly[-1][0] + 3600)],
-                     [p / EEA for _, p in hourly] + [hourly[-1][1] / EEA], where="post",
-                     color="black", lw=1.2, label="hourly volume-weighted price")
+        if hourly:                   # one bar per hour with trades (no line across quiet hours)
+            ax2.hlines([p / EEA for _, p in hourly], [dt(hr) for hr, _ in hourly],
+                       [dt(hr + 3600) for hr, _ in hourly], color="black", lw=2,
+                       label="hourly volume-weighted price")
         ax2.legend(loc="upper left", fontsize=8)
     else:
         ax2.text(0.5, 0.5, "no trades", transform=ax2.transAxes, ha="center")
@@ -588,7 +589,8 @@ def chart(data, path):
     ax3.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
     ax3.set_xlabel("simulated time (UTC)")
     d0, d1 = data["day"]
-    ax3.set_xlim(dt(d0 - 600), dt(d1 + 600))
+    right = max([d1 + 600] + [s[0] + 300 for s in samples])
+    ax3.set_xlim(dt(d0 - 600), dt(right))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
