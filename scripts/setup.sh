@@ -47,8 +47,11 @@ if ! command -v npm >/dev/null 2>&1; then
   die "npm is needed to install Anvil (apt-get install nodejs npm)"
 fi
 if [ ! -x node/node_modules/.bin/anvil ] || [ node/package-lock.json -nt node/node_modules/.package-lock.json ]; then
-  say "installing Anvil (npm ci in node/)"
-  (cd node && npm ci --no-audit --no-fund --loglevel=error)
+  say "installing Anvil and pyright (npm, pinned by node/package-lock.json)"
+  # Not `npm ci`: the registry here serves only the linux build of Anvil's optional
+  # per-platform packages, and `npm ci` refuses a lock file that lacks the others.
+  # `npm install` with the committed lock file installs the same pinned versions.
+  (cd node && npm install --no-audit --no-fund --loglevel=error)
 else
   say "Anvil up to date"
 fi
