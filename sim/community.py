@@ -74,6 +74,14 @@ def eea_text(base_units):
 
 # ---------------------------------------------------------------- the plan
 
+def _restore_environment(saved):
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 class Household:
     """One household (or the charging car park): its meter, profile, account and agent."""
 
@@ -442,6 +450,11 @@ class Community:
         self.out.mkdir(parents=True, exist_ok=True)
         if any(self.out.iterdir()):
             raise RuntimeError(f"{self.out} is not empty: give --out a new directory")
+        # The day's clock and the demo's ledger key go into this process's environment
+        # (the in-process emulators and every child read them); put it back at the end so
+        # a caller that goes on, such as the test suite, is back on the wall clock.
+        saved = {k: os.environ.get(k) for k in (clock.ENV, "EGS_DEMO_LEDGER_KEY")}
+        self._started("environment", lambda: _restore_environment(saved))
         try:
             t0 = time.monotonic()
             self._setup()

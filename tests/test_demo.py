@@ -59,7 +59,9 @@ def small_day(tmp_path_factory):
         leftovers = wait_gone(str(out))
     report = json.loads((out / "report.json").read_text())
     return {"status": status, "data": data, "chart": chart, "out": out, "text": text.getvalue(),
-            "report": report, "leftovers": leftovers}
+            "report": report, "leftovers": leftovers,
+            "clock_after": os.environ.get("EGS_CLOCK"),
+            "key_after": os.environ.get("EGS_DEMO_LEDGER_KEY")}
 
 
 def test_every_invariant_holds(small_day):
@@ -148,6 +150,12 @@ def test_report_text_names_the_figures(small_day):
 
 def test_nothing_left_running(small_day):
     assert small_day["leftovers"] == []
+
+
+def test_environment_restored(small_day):
+    """The simulated clock must not outlive the run: the caller is back on the wall clock."""
+    assert small_day["clock_after"] is None
+    assert small_day["key_after"] is None
 
 
 def test_interrupt_stops_everything(tmp_path):
