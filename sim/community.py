@@ -52,8 +52,7 @@ QUARTER_S = 900
 EEA = 10**18
 PASSWORD = "demo ledger keystore password"
 
-# Prices in EEA per kWh (the market's unit). One session's market buy must cost less than
-# 2**63 base units (9.2 EEA, gateway/market/exchange.py MAX_COST), so they stay low.
+# Prices in EEA per kWh (the market's unit), in the range the agents trade at.
 FALLBACK_PRICE = "0.09 EEA"      # [ocpp] price_per_kwh: energy the market cannot supply
 STATION_FEE = "0.02 EEA"         # per kWh, to the station owner
 COMMISSION_RATE = 2 * 10**14     # EEA base units per kWh stored per interval (0.0002 EEA)

@@ -471,3 +471,26 @@ def test_journal_replay_rebuilds_the_live_book(ops):
     live, replayed, loaded = snapshot_three_ways(conn, m)
     assert live == replayed == loaded
     conn.close()
+
+
+def test_session_buy_beyond_64_bit_amounts(conn):
+    """A 50 kWh session at 0.30 EEA/kWh costs 15 EEA = 1.5e19 base units, more than SQLite's
+    64-bit integers hold: the buy, the book and the balances stay exact."""
+    ev, seller = addr(78), addr(79)
+    credit(conn, seller, watt=60_000)
+    credit(conn, ev, eea=100 * EEA)
+    m = market(conn, bmax_wh=0)
+    m.place(seller, SELL, 60_000, price("0.30"))
+    with db.transaction(conn):
+        r = market_buy_for_session(conn, "c1", ev, 50_000, ref="CP9:1",
+                                   settings=settings(bmax_wh=0))
+    assert (r["filled_wh"], r["eea"]) == (50_000, 15 * EEA)
+    assert r["eea"] > 2**63
+    assert accounts.balance(conn, ev, "EEA") == 85 * EEA
+    assert accounts.balance(conn, ev, "WATT") == 50_000
+
+
+def test_an_order_costing_more_than_all_eea_is_refused(conn):
+    m = market(conn, bmax_wh=0)
+    with pytest.raises(ValueError, match="total EEA supply"):
+        m.place(addr(80), BUY, 1000, 700_000_001 * EEA)

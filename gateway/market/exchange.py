@@ -25,7 +25,9 @@ from gateway.market import journal, settlement
 from gateway.market.book import BUY, DONE, FILLED, OPEN, SELL, OrderError, affordable, cost
 from gateway.market.settings import market_settings, parse_price
 
-MAX_COST = 2**63 - 1  # the balance book stores 64-bit integers
+# An order that costs more than all the EEA there is can never be paid (the balance book
+# and the journal keep exact amounts of any size; this only refuses the absurd).
+MAX_COST = 700_000_000 * 10**18
 
 
 class SqlBalances:
@@ -218,8 +220,7 @@ class Market:
                max_price=None, cap=True):
         owner = accounts.normalize_address(owner)
         if price is not None and cost(qty, price) > MAX_COST:
-            raise OrderError("order too large: its cost does not fit the balance book "
-                             "(64-bit integers)")
+            raise OrderError("order too large: it costs more than the total EEA supply")
         now = self._now()
         if price is None:
             if side != BUY:
