@@ -47,6 +47,7 @@ from pathlib import Path
 
 import pytest
 
+from sim.gwcli import egs_gw, toml_text
 from sim.services import ANVIL_KEYS, Anvil, Mosquitto, Service, free_port, wait_port
 
 COMMUNITY = "hil"
@@ -83,48 +84,6 @@ def wait_for(predicate, timeout, what, interval=0.1):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
-
-
-# ---------------------------------------------------------------- egs-gw
-
-class CliError(AssertionError):
-    pass
-
-
-def egs_gw(config_path, *args, check=True):
-    """`egs-gw ... --config FILE --json` in this process (click's runner: the same code as
-    the console script, without a Python start per call). Returns the decoded JSON."""
-    from click.testing import CliRunner
-
-    from gateway.cli import main
-
-    argv = [str(a) for a in args] + ["--config", str(config_path), "--json"]
-    res = CliRunner().invoke(main, argv, catch_exceptions=False,
-                             env={"EGS_GW_CONFIG": None, "EGS_GW_DB": None})
-    if res.exit_code != 0:
-        if check:
-            raise CliError(f"egs-gw {' '.join(argv[:3])}… exited {res.exit_code}: "
-                           f"{res.stderr.strip()} {res.stdout.strip()[-500:]}")
-        return {"exit_code": res.exit_code, "stderr": res.stderr, "stdout": res.stdout}
-    return json.loads(res.stdout) if res.stdout.strip() else {}
-
-
-def toml_text(sections):
-    """A TOML file from {section: {key: value}}; dict values become sub-tables."""
-    out = []
-    for name, body in sections.items():
-        out.append(f"[{name}]")
-        subs = {}
-        for key, value in body.items():
-            if isinstance(value, dict):
-                subs[key] = value
-            else:
-                out.append(f"{key} = {json.dumps(value)}")
-        for key, sub in subs.items():
-            out.append(f"[{name}.{key}]")
-            out.extend(f"{k} = {json.dumps(v)}" for k, v in sub.items())
-        out.append("")
-    return "\n".join(out)
 
 
 # ---------------------------------------------------------------- serial console

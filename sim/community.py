@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from gateway import clock
+from sim.gwcli import egs_gw, toml_text
 from sim.services import ANVIL_KEYS, ROOT, Anvil, Mosquitto, Service, free_port, wait_port
 
 COMMUNITY = "demo"
@@ -223,48 +224,6 @@ def day_window(opts, now=None):
     midnight = int((now - span) // 86400 * 86400)
     start = midnight + int(opts.start_hour * 3600)
     return start, start + int(opts.hours * 3600)
-
-
-# ---------------------------------------------------------------- egs-gw in process
-
-class CliError(RuntimeError):
-    pass
-
-
-_cli_lock = threading.Lock()
-
-
-def egs_gw(config_path, *args, check=True):
-    """`egs-gw ... --config FILE --json` in this process (the console script's code, without
-    a Python start per call). → decoded JSON, or {"exit_code", "stdout", "stderr"} when
-    check is False and it failed."""
-    from click.testing import CliRunner
-
-    from gateway.cli import main
-
-    argv = [str(a) for a in args] + ["--config", str(config_path), "--json"]
-    with _cli_lock:
-        res = CliRunner().invoke(main, argv, catch_exceptions=False,
-                                 env={"EGS_GW_CONFIG": None, "EGS_GW_DB": None})
-    if res.exit_code != 0:
-        if check:
-            raise CliError(f"egs-gw {' '.join(argv[:3])} exited {res.exit_code}: "
-                           f"{res.stderr.strip()} {res.stdout.strip()[-400:]}")
-        return {"exit_code": res.exit_code, "stdout": res.stdout, "stderr": res.stderr}
-    return json.loads(res.stdout) if res.stdout.strip() else {}
-
-
-def toml_text(sections):
-    out = []
-    for name, body in sections.items():
-        out.append(f"[{name}]")
-        subs = {k: v for k, v in body.items() if isinstance(v, dict)}
-        out.extend(f"{k} = {json.dumps(v)}" for k, v in body.items() if not isinstance(v, dict))
-        for key, sub in subs.items():
-            out.append(f"[{name}.{key}]")
-            out.extend(f"{k} = {json.dumps(v)}" for k, v in sub.items())
-        out.append("")
-    return "\n".join(out)
 
 
 # ---------------------------------------------------------------- chargers (asyncio thread)
