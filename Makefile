@@ -10,6 +10,7 @@ setup:
 	@bash scripts/setup.sh
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests hil_tests
 
 demo: setup

@@ -138,11 +138,10 @@ class Hal:
         if self._counters is None:
             try:
                 with open(self.counters_path) as f:
-                    self._counters = json.loads(f.read())
-                if not isinstance(self._counters, dict):
-                    raise ValueError
-            except (OSError, ValueError):
-                self._counters = {}
+                    loaded = json.loads(f.read())
+            except (OSError, ValueError):   # missing or torn file: start from zero
+                loaded = None
+            self._counters = loaded if isinstance(loaded, dict) else {}
         return self._counters
 
     def get_counter(self, name):
