@@ -34,32 +34,40 @@ class Device:
 
 
 class LineReader:
-    """Console bytes to lines; an over-long line becomes None (answered with an error)."""
+    """Console bytes to lines; an over-long line becomes None (answered with an error).
+
+    The line is gathered in one buffer allocated at start: a hostile or runaway console
+    (kilobytes without a newline) must not grow allocations on a 100 KB heap — it did, and
+    a MemoryError there rebooted the device.
+    """
 
     def __init__(self):
-        self.buf = b""
+        self.buf = bytearray(MAX_LINE)
+        self.n = 0
         self.discarding = False
 
     def feed(self, data):
-        self.buf += data
         out = []
-        while True:
-            i = self.buf.find(b"\n")
-            if i < 0:
-                if len(self.buf) > MAX_LINE:
-                    self.buf = b""
-                    if not self.discarding:
-                        self.discarding = True
-                        out.append(None)
-                return out
-            line = self.buf[:i].strip()
-            self.buf = self.buf[i + 1:]
-            if self.discarding:
+        while data:
+            i = data.find(b"\n")
+            chunk = data if i < 0 else data[:i]
+            data = b"" if i < 0 else data[i + 1:]
+            if not self.discarding:
+                if self.n + len(chunk) > MAX_LINE:
+                    self.n = 0
+                    self.discarding = True      # answer once, drop the rest of the line
+                    out.append(None)
+                else:
+                    self.buf[self.n:self.n + len(chunk)] = chunk
+                    self.n += len(chunk)
+            if i >= 0:                          # end of line
+                if not self.discarding:
+                    line = bytes(self.buf[:self.n]).strip()
+                    if line:
+                        out.append(line)
+                self.n = 0
                 self.discarding = False
-            elif len(line) > MAX_LINE:
-                out.append(None)
-            elif line:
-                out.append(line)
+        return out
 
 
 class ConsolePort:
