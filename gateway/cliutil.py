@@ -12,6 +12,7 @@ the components define), which print one line on stderr and exit 1, never a trace
 """
 import functools
 import json
+import sqlite3
 import sys
 
 import click
@@ -82,3 +83,45 @@ def fail(message):
 
 def stderr(message):
     print(message, file=sys.stderr)
+
+
+def _one_line(exc, ctx):
+    return UserError(f"{ctx.command_path}: {exc.format_message()}")
+
+
+class OneLineCommand(click.Command):
+    """Usage mistakes and database errors as one line on stderr (click's default is
+    usage + hint + error, and a traceback for sqlite3 errors)."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise _one_line(e, ctx) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except sqlite3.Error as e:
+            raise UserError(f"database error: {e}") from None
+
+
+class OneLineGroup(click.Group):
+    """A group whose commands and subgroups report mistakes as one line too."""
+
+    command_class = OneLineCommand
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise _one_line(e, ctx) from None
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            raise _one_line(e, ctx) from None
+
+
+OneLineGroup.group_class = OneLineGroup

@@ -19,45 +19,13 @@ from rich.table import Table
 from gateway import broker as broker_mod
 from gateway import config as config_mod
 from gateway import db, intervals, settings, store
-from gateway.cliutil import UserError, common_options
+from gateway.cliutil import OneLineCommand, OneLineGroup, UserError, common_options
 
 COMMANDS = []
 
 
-def _one_line(exc, ctx):
-    return UserError(f"{ctx.command_path}: {exc.format_message()}")
-
-
-class Command(click.Command):
-    """Usage mistakes as one line on stderr (click's default is usage + hint + error)."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            raise _one_line(e, ctx) from None
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except sqlite3.Error as e:
-            raise UserError(f"database error: {e}") from None
-
-
-class Group(click.Group):
-    command_class = Command
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            raise _one_line(e, ctx) from None
-
-    def resolve_command(self, ctx, args):
-        try:
-            return super().resolve_command(ctx, args)
-        except click.UsageError as e:
-            raise _one_line(e, ctx) from None
+# One-line usage and database errors for every command here (shared with the other groups).
+Command, Group = OneLineCommand, OneLineGroup
 
 
 def _console():

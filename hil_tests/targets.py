@@ -48,7 +48,7 @@ from pathlib import Path
 import pytest
 
 from sim.gwcli import egs_gw, toml_text
-from sim.services import ANVIL_KEYS, Anvil, Mosquitto, Service, free_port, wait_port
+from sim.services import ANVIL_KEYS, Anvil, Mosquitto, Service, StopList, free_port, wait_port
 
 COMMUNITY = "hil"
 QUARTER_S = 900
@@ -470,7 +470,7 @@ class Bench:
         self.ocpp_host = host or "127.0.0.1"
         self.ocpp_port = int(port) if port and port != "0" else free_port()
         self.started = time.time()
-        self._stack = []        # (name, stop) in start order
+        self._stack = StopList()
         self._conn = None
         self.provisioned = None
         self.anvil = self.broker = self.gateway = None
@@ -483,7 +483,7 @@ class Bench:
 
     # -- life cycle ----------------------------------------------------------------
     def _started(self, name, stop):
-        self._stack.append((name, stop))
+        self._stack.add(name, stop)
 
     def start(self):
         try:
@@ -523,13 +523,7 @@ class Bench:
         self.charger.start()
 
     def stop(self):
-        errors = []
-        while self._stack:
-            name, stop = self._stack.pop()
-            try:
-                stop()
-            except Exception as e:  # noqa: BLE001 - stop everything else regardless
-                errors.append(f"{name}: {e!r}")
+        errors = self._stack.stop_all()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from gateway import clock
 from sim.gwcli import egs_gw, toml_text
-from sim.services import ANVIL_KEYS, ROOT, Anvil, Mosquitto, Service, free_port, wait_port
+from sim.services import ANVIL_KEYS, ROOT, Anvil, Mosquitto, Service, StopList, free_port, wait_port
 
 COMMUNITY = "demo"
 MODELS = ("sdm630", "sdm120", "sdm72", "abb_b23", "ddsu666")
@@ -361,7 +361,7 @@ class Community:
         if opts.chargers:
             self.households.append(Household(opts.households, self.rnd, carport_for=opts.chargers))
         self.day = day_window(opts)
-        self._stack = []
+        self._stack = StopList()
         self.meters = {}
         self.devices = {}
         self.park = None
@@ -391,17 +391,10 @@ class Community:
 
     # -- life cycle --------------------------------------------------------------------
     def _started(self, name, stop):
-        self._stack.append((name, stop))
+        self._stack.add(name, stop)
 
     def stop(self):
-        errors = []
-        while self._stack:
-            name, stop = self._stack.pop()
-            try:
-                stop()
-            except Exception as e:  # noqa: BLE001 - stop everything else regardless
-                errors.append(f"{name}: {e!r}")
-        return errors
+        return self._stack.stop_all()
 
     def run(self, progress=None):
         """Set up, simulate the day, finish. Always stops everything it started."""

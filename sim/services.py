@@ -162,6 +162,27 @@ def micropython():
     return find_tool("micropython", [ROOT / ".venv/bin/micropython"])
 
 
+class StopList:
+    """What a bench or the demo started, stopped in reverse order; one failing stop does
+    not keep the others running, and its error is returned instead of raised."""
+
+    def __init__(self):
+        self._items = []
+
+    def add(self, name, stop):
+        self._items.append((name, stop))
+
+    def stop_all(self):
+        errors = []
+        while self._items:
+            name, stop = self._items.pop()
+            try:
+                stop()
+            except Exception as e:  # noqa: BLE001 - stop everything else regardless
+                errors.append(f"{name}: {e!r}")
+        return errors
+
+
 def _stop_all():
     for svc in list(_RUNNING):
         try:

@@ -8,47 +8,19 @@ scripts get `--json` (prices and EEA as integers in base units). Mistakes are on
 line on stderr and exit status 1.
 """
 import datetime
-import sqlite3
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from gateway import config as config_mod
-from gateway.cliutil import UserError, common_options
+from gateway.cliutil import OneLineGroup, UserError, common_options
 from gateway.market import agents as agents_mod
 from gateway.market import sizing as sizing_mod
 from gateway.market.book import BUY, SELL
 from gateway.market.settings import format_price, parse_price, parse_wh, validate
 
-
-class _Command(click.Command):
-    """Usage mistakes and database errors as one line on stderr."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            raise UserError(f"{ctx.command_path}: {e.format_message()}") from None
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except sqlite3.Error as e:
-            raise UserError(f"database error: {e}") from None
-
-
-class _Group(click.Group):
-    command_class = _Command
-
-    def resolve_command(self, ctx, args):
-        try:
-            return super().resolve_command(ctx, args)
-        except click.UsageError as e:
-            raise UserError(f"{ctx.command_path}: {e.format_message()}") from None
-
-
-_Group.group_class = _Group
+_Group = OneLineGroup  # usage mistakes and database errors as one line on stderr
 
 
 class PriceType(click.ParamType):
