@@ -108,6 +108,7 @@ class App:
         self.stopped = False
         self.heap_free = self.heap_min_free = None
         self.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
+        self.trial_ms = int(cfg["ota_trial_s"] * 1000)
         self.ack_progress = hal.ticks_ms()   # when the gateway's ack last moved
         self.started_ms = hal.ticks_ms()
         self.ota_status = None           # OTA (issue 9): see _ota()
@@ -382,9 +383,21 @@ class App:
             self.heap_free = free
             if self.heap_min_free is None or free < self.heap_min_free:
                 self.heap_min_free = free
+        if self.ota_status is None:
+            self._ota()             # before the first status: it says whether this is a trial
         self.network()
-        if self.ota_status is None or self.ota_job is not None:
+        trial = self.ota_status
+        if self.ota_job is not None:
             self._ota()
+        elif trial is not None and not trial["confirmed"] and trial["state"] != "rolling back" \
+                and hal.ticks_diff(hal.ticks_ms(), self.started_ms) > self.trial_ms:
+            # A new version on trial that runs but has not signed a reading (its meter
+            # code is broken, say) would otherwise stay until the next power cut: reboot,
+            # and boot_select, finding the trial used up, starts the old version.
+            hal.log("version %s not confirmed within %d s: rebooting to roll back"
+                    % (FW_VERSION, self.trial_ms // 1000))
+            trial["state"] = "rolling back"
+            self.reboot_requested = True
         wait = self.due - hal.time_ms()
         return 0 if wait < 0 else (min(wait, 50))
 

@@ -32,6 +32,7 @@ def defaults():
         "interval_s": 60,
         "status_interval_s": 300,
         "ack_timeout_s": 60,
+        "ota_trial_s": 900,
         "log": {"max_bytes": 512 * 1024, "segments": 16},
         "watchdog_ms": 30000,
     }
@@ -125,6 +126,7 @@ def validate(cfg):
     _num(c["interval_s"], "interval_s", 0.01, 86400, integer=False)
     _num(c["status_interval_s"], "status_interval_s", 1, 86400, integer=False)
     _num(c["ack_timeout_s"], "ack_timeout_s", 0.5, 86400, integer=False)
+    _num(c["ota_trial_s"], "ota_trial_s", 1, 86400, integer=False)
     _num(c["log"]["max_bytes"], "log.max_bytes", 4096, 64 * 1024 * 1024)
     _num(c["log"]["segments"], "log.segments", 2, 256)
     _num(c["watchdog_ms"], "watchdog_ms", 0, 600000)

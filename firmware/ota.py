@@ -19,8 +19,9 @@ and the device, from its main loop (never inside the MQTT callback):
 3. unpacks it into the slot that is not running (firmware/boot_select.py: A/B), while
    checking, then marks that slot pending and resets. The running slot is never written.
 4. The new version gets one boot: after its first signed reading the application
-   confirms it (boot_select.confirm, from firmware/app.py); a crash, hang, power cut or meter-less boot before that rolls
-   back to the old slot on the next start.
+   confirms it (boot_select.confirm, from firmware/app.py); a crash, hang, power cut, or
+   no signed reading within ota_trial_s (the application then reboots) rolls back to the
+   old slot on the next start.
 The flash log, the sequence counter, the key and the configuration live outside the
 slots, so every update and rollback keeps them.
 

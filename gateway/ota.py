@@ -100,7 +100,9 @@ def outcome(status, version):
     if not isinstance(status, dict):
         return WAITING, ""
     ota = status.get("ota") if isinstance(status.get("ota"), dict) else {}
-    if status.get("fw") == version and ota.get("confirmed", True) \
+    # only an explicit confirmation counts: a new version on trial reports confirmed false,
+    # and until it has signed a reading it may still be rolled back
+    if status.get("fw") == version and ota.get("confirmed") is True \
             and status.get("state") == "online":
         return DONE, ""
     if ota.get("rolled_back") == version:

@@ -22,6 +22,7 @@ import pytest
 from gateway import flash, ota
 from protocol import p256
 from sim.device import build_config, write_config
+from sim.gwcli import egs_gw, toml_text
 from sim.services import ROOT, micropython
 from tests.firmware_fixtures import Subscriber, device_config, meter, wait_for  # noqa: F401
 from tools import fidelity, release
@@ -52,13 +53,14 @@ def _bump(version, n=1):
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory):
     """Bundles for the unix port: the current version, a newer one, a newer one that
-    cannot boot, and the newer one signed with another key."""
+    cannot boot, a newer one that boots but never signs a reading, and the newer one
+    signed with another key."""
     d = tmp_path_factory.mktemp("releases")
     pub = release.generate_key(d / "release.pem")
     secret = release.load_secret(d / "release.pem")
     old = release.firmware_version()
     out = {"pub": pub, "old_version": old, "new_version": _bump(old),
-           "broken_version": _bump(old, 2)}
+           "broken_version": _bump(old, 2), "mute_version": _bump(old, 3)}
     out["old"], _ = release.build(secret, d / "old", port="unix", march=None)
     new_src = _source_copy(d / "src_new", out["new_version"])
     out["new"], _ = release.build(secret, d / "new", root=new_src, port="unix", march=None)
@@ -70,6 +72,15 @@ def releases(tmp_path_factory):
     broken_src = _source_copy(d / "src_broken", out["broken_version"], break_main)
     out["broken"], _ = release.build(secret, d / "broken", root=broken_src, port="unix",
                                      march=None)
+    def never_sign(root):
+        p = root / "firmware/app.py"
+        text = p.read_text()
+        head = "    def cycle(self, now_ms=None):\n"
+        assert head in text
+        p.write_text(text.replace(head, head + "        return False  # this release never reads its meter\n"))
+
+    mute_src = _source_copy(d / "src_mute", out["mute_version"], never_sign)
+    out["mute"], _ = release.build(secret, d / "mute", root=mute_src, port="unix", march=None)
     other = p256.generate_secret()
     out["foreign"], _ = release.build(other, d / "foreign", root=new_src, port="unix",
                                       march=None)
@@ -153,12 +164,15 @@ class Board:
         return (self.dir / "device.log").read_text(errors="replace")
 
 
+TRIAL_S = 15    # ota_trial_s on the test board: a version that signs nothing is rolled back
+
+
 @pytest.fixture
 def board(tmp_path, releases, mosquitto, meter):
     state = tmp_path / "device"
     flash.stage_tree(releases["old"], releases["pub"], state)
     write_config(state, build_config(device_config("ota1", mosquitto.port, meter.port,
-                                                   interval_s=0.5)))
+                                                   interval_s=0.5, ota_trial_s=TRIAL_S)))
     b = Board(state).start()
     yield b
     b.stop()
@@ -271,6 +285,34 @@ def test_release_that_cannot_boot_is_rolled_back(board, gateway, releases, mosqu
     assert state["active"] == "a" and state["pending"] is None
     assert state["rolled_back"] == releases["broken_version"]
     assert "no_such_module_in_this_release" in board.log()
+    _readings_after(gateway, 2)
+    _no_reading_lost(gateway, board)
+
+
+def test_release_that_never_signs_is_rolled_back_after_its_trial(board, gateway, releases,
+                                                                  mosquitto, tmp_path):
+    """A new version that boots and stays up but never signs a reading (no watchdog reset,
+    no crash) is rolled back when its trial time (ota_trial_s) runs out. Offered the way a
+    technician does it: `egs-gw device update`, whose exit status says the update failed."""
+    wait_for(lambda: _running(gateway, releases["old_version"]), 30, "old version online")
+    _readings_after(gateway, 2)
+    pub = releases["pub"]
+    config = tmp_path / "gateway.toml"
+    config.write_text(toml_text({
+        "gateway": {"community": "c1"}, "store": {"db": str(tmp_path / "gw.db")},
+        "mqtt": {"broker": f"127.0.0.1:{mosquitto.port}"},
+        "firmware": {"release_pubkey": pub.hex() if isinstance(pub, bytes) else str(pub),
+                     "update_host": "127.0.0.1"}}))
+    out = egs_gw(config, "device", "update", "--release", releases["mute"], "--device", "ota1",
+                 "--timeout", 180, check=False)
+    assert out["exit_code"] == 1, out
+    dev = json.loads(out["stdout"])["devices"]["ota1"]
+    assert dev["result"] == "failed" and "rolled back" in dev["detail"], (dev, board.log()[-3000:])
+    state = board.boot_state()
+    assert state["active"] == "a" and state["pending"] is None
+    assert state["rolled_back"] == releases["mute_version"]
+    assert f"not confirmed within {TRIAL_S} s" in board.log()
+    wait_for(lambda: _running(gateway, releases["old_version"]), 30, "old version back")
     _readings_after(gateway, 2)
     _no_reading_lost(gateway, board)
 
