@@ -416,6 +416,7 @@ class App:
         msg, self.ota_job = self.ota_job, None
         if msg is None:
             return
+        before = self.ota_status["state"]
         self.ota_status["state"] = "downloading"
         self.status_dirty = True
         self.network()
@@ -423,6 +424,8 @@ class App:
 
         ota.run(self.hal, FW_VERSION, msg, self.ota_status,
                 before_reset=lambda: self.shutdown("update"))
+        if self.ota_status["state"] == "downloading":
+            self.ota_status["state"] = before    # an offer of the running version: no-op
         unload("firmware.ota", "firmware.bundle", "firmware.boot_select")
         self.status_dirty = True
 

@@ -95,6 +95,14 @@ class ReleaseServer:
         self.stop()
 
 
+def _text(value, default=""):
+    """A status field as short printable text (a status message is untrusted input)."""
+    if value is None:
+        return default
+    text = value if isinstance(value, str) else json.dumps(value)
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:120])
+
+
 def outcome(status, version):
     """DONE / FAILED (with reason) / WAITING for one device's status message."""
     if not isinstance(status, dict):
@@ -108,15 +116,22 @@ def outcome(status, version):
     if ota.get("rolled_back") == version:
         return FAILED, "new version did not confirm; device rolled back"
     if ota.get("state") == "failed" and ota.get("target") == version:
-        return FAILED, ota.get("error", "refused")
-    return WAITING, ota.get("state", "")
+        return FAILED, _text(ota.get("error"), "refused")
+    return WAITING, _text(ota.get("state"))
 
 
 def update_devices(broker, community, devices, release, pubkey, *, user=None, password=None,
                    http_host="127.0.0.1", bind="0.0.0.0", http_port=0, timeout=600.0,
                    progress=None, resend_s=30.0):
     """Offer `release` to `devices`; {device: {"result":..,"detail":..}} when all are done
-    or the timeout passed."""
+    or the timeout passed.
+
+    The devices' retained status messages say how far each one is. The offer goes out only
+    once the status subscription is in place (so no status of the update can pass
+    unseen), and every `resend_s` a device still waiting is subscribed to again, which
+    makes the broker send its retained status anew: a live status missed for any reason
+    (a reconnect, a broker restart) costs at most one period, not the whole timeout.
+    """
     import paho.mqtt.client as mqtt
 
     from protocol import topics
@@ -135,10 +150,13 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
             client.username_pw_set(user, password)
         status_topics = {topics.topic(community, d, "status"): d for d in devices}
         sent = {}
+        subscribed = threading.Event()
 
         def on_connect(c, userdata, flags, reason, props):
-            for t in status_topics:
-                c.subscribe(t, 1)
+            c.subscribe([(t, 1) for t in status_topics])
+
+        def on_subscribe(c, userdata, mid, reasons, props):
+            subscribed.set()
 
         def on_message(c, userdata, msg):
             dev = status_topics.get(msg.topic)
@@ -146,9 +164,11 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
                 return
             try:
                 st = json.loads(msg.payload)
-            except ValueError:
+            except (ValueError, RecursionError):     # garbage on the topic: not a status
                 st = None
             with lock:
+                if state[dev]["result"] != WAITING:
+                    return              # settled: a later reboot's "offline" changes nothing
                 state[dev]["status"] = st
                 result, detail = outcome(st, version)
                 state[dev]["result"], state[dev]["detail"] = result, detail
@@ -161,6 +181,7 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
                 lock.notify_all()
 
         client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
         client.on_message = on_message
         host, _, port = broker.rpartition(":")
         try:
@@ -176,8 +197,11 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
                     if not open_ or time.monotonic() > deadline:
                         break
                     now = time.monotonic()
-                    due = [d for d in open_ if now - sent.get(d, -1e9) > resend_s]
+                    due = [d for d in open_ if now - sent.get(d, -1e9) > resend_s] \
+                        if subscribed.is_set() else []
                 for d in due:
+                    if d in sent:       # not the first offer: read its retained status again
+                        client.subscribe(topics.topic(community, d, "status"), 1)
                     client.publish(topics.topic(community, d, "cmd"), cmd, qos=1)
                     sent[d] = time.monotonic()
                 if progress:
