@@ -40,8 +40,17 @@ def _hex(b):
     return "".join("%02x" % x for x in b)
 
 
+def _text(field, what):
+    """A NUL-terminated header field as text; BundleError (not UnicodeError) when not UTF-8,
+    since headers are read before the signature is checked."""
+    try:
+        return bytes(field).split(b"\x00")[0].decode()
+    except UnicodeError:
+        raise BundleError("bad %s in tar header" % what)
+
+
 def _octal(field):
-    text = bytes(field).split(b"\x00")[0].strip().decode()
+    text = _text(field, "size field").strip()
     if not text:
         return 0
     for ch in text:
@@ -86,8 +95,8 @@ class Reader:
             raise BundleError("tar header checksum mismatch")
         if header[156:157] not in (b"0", b"\x00"):
             raise BundleError("tar entry is not a regular file")
-        name = bytes(header[:100]).split(b"\x00")[0].decode()
-        prefix = bytes(header[345:500]).split(b"\x00")[0].decode()
+        name = _text(header[:100], "name")
+        prefix = _text(header[345:500], "name prefix")
         if prefix:
             name = prefix + "/" + name
         size = _octal(header[124:136])
@@ -120,7 +129,7 @@ class Reader:
 def parse_manifest(data):
     try:
         m = json.loads(data)
-    except ValueError:
+    except ValueError:          # UnicodeError included
         raise BundleError("manifest is not JSON")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise BundleError("unknown manifest format")

@@ -21,6 +21,7 @@ Steps (docs/installer.md):
 Progress is shown step by step; --dry-run prints the commands instead of running them.
 """
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ import click
 from firmware import boot_select, bundle
 from gateway import firmware_settings
 from gateway.cliutil import UserError, common_options
+from protocol import p256
 
 MICROPYTHON_OFFSET = "0x1000"       # ESP32 (classic) MicroPython images start here
 
@@ -63,12 +65,24 @@ for p in ('/app_a', '/app_b', '/boot.json', '/boot.tmp', '/ota.tar', '/boot_sele
 
 
 def load_release_key(value):
-    from tools.release import ReleaseError, load_pubkey
+    """The 65-byte release public key from hex, or from a file holding hex (KEY.pem.pub).
 
-    try:
-        return load_pubkey(value)
-    except ReleaseError as e:
-        raise UserError(str(e)) from None
+    Own code, not tools.release.load_pubkey: `tools` is the build machine's package and
+    is not installed with egs-gw, which must run from anywhere."""
+    text = str(value).strip()
+    if not re.fullmatch(r"(0x)?[0-9a-fA-F]{130}", text):
+        try:
+            text = Path(text).read_text().strip()
+        except (OSError, ValueError) as e:
+            raise UserError(f"release public key: not hex and not a readable file ({e})") \
+                from None
+    text = text.removeprefix("0x")
+    if not re.fullmatch(r"[0-9a-fA-F]{130}", text):
+        raise UserError("release public key is not 130 hex digits (65 bytes, 04...)")
+    pub = bytes.fromhex(text)
+    if p256.decode_public_key(pub) is None:
+        raise UserError("release public key is not a P-256 point (65 bytes, 04...)")
+    return pub
 
 
 def check_bundle(path, pubkey):
@@ -149,6 +163,11 @@ def flash_cmd(ctx, app, port, bundle_path, release_key, image, erase, dry_run, d
     from rich.console import Console
 
     out = Console(stderr=True, highlight=False, soft_wrap=True)
+    if ctx.args and not device_id:
+        # extra options are meant for `device provision`; without --id a typo
+        # (--eras, --dryrun) would otherwise be dropped silently
+        raise UserError(f"unknown options {' '.join(ctx.args)} (options for `device "
+                        "provision` need --id)")
     key_value = release_key or firmware_settings.release_pubkey(app.config)
     if not key_value:
         raise UserError("no release key: give --release-key or set firmware.release_pubkey")
@@ -156,23 +175,26 @@ def flash_cmd(ctx, app, port, bundle_path, release_key, image, erase, dry_run, d
     if erase and not image:
         raise UserError("--erase wipes MicroPython too: give --micropython IMAGE with it")
     manifest = check_bundle(bundle_path, pubkey)
-    out.print(f"[1/5] bundle {Path(bundle_path).name}: version {manifest['version']}, "
-              f"{len(manifest['files'])} files, signature and hashes good")
+    if manifest.get("port") != "esp32":
+        raise UserError(f"bundle {bundle_path} is built for the {manifest.get('port')!r} port, "
+                        "not esp32: build it with `make firmware`")
     with tempfile.TemporaryDirectory() as tmp:
         stage_tree(bundle_path, pubkey, tmp)
         steps = plan(port, tmp, image, erase)
+        total = 1 + len(steps) + (1 if device_id else 0)
+        out.print(f"[1/{total}] bundle {Path(bundle_path).name}: version "
+                  f"{manifest['version']}, {len(manifest['files'])} files, signature and "
+                  "hashes good")
         if dry_run:
             app.emit({"version": manifest["version"], "steps": [
                 {"step": name, "argv": argv} for name, argv in steps]})
             return
         for i, (name, argv) in enumerate(steps, 2):
-            out.print(f"[{i}/{len(steps) + 2}] {name} ...")
-            proc = subprocess.run(argv, check=False)
-            if proc.returncode != 0:
-                raise UserError(f"{name} failed (exit {proc.returncode}): "
-                                f"{' '.join(argv[:6])} ...")
-    out.print(f"[{len(steps) + 2}/{len(steps) + 2}] installed firmware {manifest['version']} "
-              f"on {port}")
+            out.print(f"[{i}/{total}] {name} ...")
+            code = _run(argv)
+            if code != 0:
+                raise UserError(f"{name} failed (exit {code}): {' '.join(argv[:6])} ...")
+    out.print(f"installed firmware {manifest['version']} on {port}")
     if device_id:
         provision = ctx.parent.command.get_command(ctx, "provision") if ctx.parent else None
         if provision is None:
@@ -180,10 +202,29 @@ def flash_cmd(ctx, app, port, bundle_path, release_key, image, erase, dry_run, d
         argv = ["--port", port, "--id", device_id] + list(ctx.args)
         if app.config_path:
             argv += ["--config", app.config_path]
-        out.print("handing over to: egs-gw device provision " + " ".join(argv))
+        argv += ["--db", str(app.db_path)]    # --db given to flash registers the device there
+        if app.json:
+            argv.append("--json")       # provision's JSON is the one document on stdout
+        out.print(f"[{total}/{total}] handing over to: egs-gw device provision "
+                  + " ".join(argv))
         provision.main(argv, standalone_mode=False, parent=ctx.parent)
     else:
         out.print(f"next: egs-gw device provision --port {port} --id <device-id> ...")
+        app.emit({"version": manifest["version"], "port": port, "installed": True,
+                  "steps": [name for name, _ in steps]}, human=lambda data: None)
+
+
+def _run(argv):
+    """Exit status of a step; its output goes to stderr, so stdout stays for --json."""
+    try:
+        sink = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        sink = None                     # stderr is not a file (click's test runner)
+    if sink is not None:
+        return subprocess.run(argv, stdout=sink, check=False).returncode
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    sys.stderr.write(proc.stdout.decode(errors="replace"))
+    return proc.returncode
 
 
 DEVICE_COMMANDS = [flash_cmd]

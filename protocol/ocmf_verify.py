@@ -28,6 +28,7 @@ from protocol.ocmf import (
 )
 
 MAX_BRACKETS = 800  # JSON nesting stays far below Python's recursion limit
+MAX_SEQUENCE = 2 ** 63 - 1  # a pagination counter the store keeps as a SQLite INTEGER
 
 
 class Record:
@@ -299,7 +300,13 @@ def parse(record):
     if rec.pagination is not None:
         pg = rec.pagination.strip()
         if len(pg) >= 2 and pg[0] in "TF" and pg[1:].isdigit() and pg[1:].isascii():
-            rec.sequence = int(pg[1:])
+            digits = pg[1:].lstrip("0") or "0"
+            # bounded before int(): CPython refuses > 4300 digits with a plain ValueError,
+            # and the store keeps sequences as 64-bit SQLite integers
+            if len(digits) > 19 or int(digits) > MAX_SEQUENCE:
+                raise StructureError(f"pagination PG {_short(pg)} is out of range "
+                                     "(at most 2**63 - 1)")
+            rec.sequence = int(digits)
     rec.gateway_serial = _opt_str(payload, "GS", "payload")
     rec.meter_serial = _opt_str(payload, "MS", "payload")
     rec.readings = _readings(payload)

@@ -3,7 +3,11 @@ touched, and the file system laid out for the board is the checked release."""
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +23,12 @@ def signed(tmp_path_factory):
     pub = release.generate_key(d / "release.pem")
     path, manifest = release.build(release.load_secret(d / "release.pem"), d / "dist")
     return path, pub, d / "release.pem.pub", manifest
+
+
+@pytest.fixture(scope="module")
+def keys_dir(signed):
+    _path, pub, pubfile, _ = signed
+    return release.load_secret(str(pubfile)[:-4]), pub
 
 
 def run(*args):
@@ -100,3 +110,47 @@ def test_stage_tree_is_a_bootable_checked_layout(signed, tmp_path):
     assert "boot_select.main()" in (dev / "main.py").read_text()
     for name, size, digest in manifest["files"]:
         assert hashlib.sha256((dev / "app_a" / name).read_bytes()).hexdigest() == digest
+
+
+def test_egs_gw_flash_runs_outside_the_source_tree(signed, tmp_path):
+    """The installed `egs-gw` (not pytest's sys.path) checks the bundle and plans: the
+    release key loader once came from the build tools, which egs-gw does not install."""
+    path, _pub, pubfile, manifest = signed
+    egs_gw = Path(sys.executable).parent / "egs-gw"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EGS_", "PYTHON"))}
+    proc = subprocess.run([str(egs_gw), "device", "flash", "--port", "/dev/ttyNOPE",
+                           "--bundle", str(path), "--release-key", str(pubfile), "--dry-run",
+                           "--json", "--db", str(tmp_path / "gw.db")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["version"] == manifest["version"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bundle_for_another_port_is_refused(keys_dir, tmp_path):
+    secret, pub = keys_dir
+    unix_bundle, manifest = release.build(secret, tmp_path / "dist", port="unix")
+    assert manifest["port"] == "unix"
+    code, out, err = run("--port", "/dev/ttyNOPE", "--bundle", str(unix_bundle),
+                         "--release-key", pub.hex(), "--dry-run", "--json")
+    assert code == 1 and "'unix' port, not esp32" in err and out == ""
+
+
+def test_stray_options_without_id_are_refused(signed):
+    path, pub, _, _ = signed
+    code, out, err = run("--port", "/dev/ttyNOPE", "--bundle", str(path), "--release-key",
+                         pub.hex(), "--eras", "--dry-run", "--json")
+    assert code == 1 and "unknown options --eras" in err and out == ""
+
+
+def test_a_failing_step_stops_with_one_line_and_keeps_stdout_clean(signed):
+    """No board at the port: mpremote fails, the installer says which step, exit 1."""
+    path, pub, _, _ = signed
+    code, out, err = run("--port", "/dev/ttyNOPE", "--bundle", str(path), "--release-key",
+                         pub.hex(), "--json")
+    assert code == 1
+    assert out == ""                                  # tool output went to stderr
+    assert "[1/3] bundle" in err and "[2/3] install application ..." in err
+    assert "install application failed (exit 1)" in err
+    assert "[3/3]" not in err and "installed firmware" not in err

@@ -590,6 +590,19 @@ def test_parse_errors_say_what_is_wrong(record, error, message):
         ocmf.parse(record)
 
 
+def test_pagination_counter_is_bounded_before_conversion():
+    """A PG of thousands of digits was a plain ValueError from int() (CPython's 4300-digit
+    limit), not the module's error; the store keeps sequences as 64-bit integers."""
+    def rec(pg):
+        return signed(_GOOD.replace('"PG":"T5"', f'"PG":"{pg}"', 1))
+    assert '"PG":"T5"' in _GOOD
+    assert ocmf.verify(rec("F9223372036854775807"), _KEY_PUB65).sequence == 2 ** 63 - 1
+    assert ocmf.parse(rec("F" + "0" * 5000 + "12")).sequence == 12
+    for pg in ("F9223372036854775808", "T" + "9" * 5000, "F" + "1" * 20):
+        with pytest.raises(ocmf.StructureError, match="pagination PG .* out of range"):
+            ocmf.parse(rec(pg))
+
+
 def test_verify_errors_by_kind():
     good = signed(_GOOD)
     with pytest.raises(ocmf.AlgorithmError, match="secp384r1"):

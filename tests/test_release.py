@@ -11,6 +11,8 @@ import tarfile
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from firmware import bundle
 from protocol import p256
@@ -116,7 +118,26 @@ def tampered(data):
     out.append(("truncated header", data[:1024 + 100]))
     out.append(("empty", b""))
     out.append(("garbage", b"\x00\x01garbage" * 200))
+    # hostile headers ahead of the signature check: checksums right, fields not UTF-8
+    out.append(("name not UTF-8", _header(b"\xff\xfemanifest.json") + data[512:]))
+    out.append(("size not UTF-8", _header(b"manifest.json", size=b"\xc3\x28") + data[512:]))
+    out.append(("size not octal", _header(b"manifest.json", size=b"0000000009x") + data[512:]))
+    out.append(("prefix not UTF-8", _header(b"manifest.json", prefix=b"\x80") + data[512:]))
+    out.append(("directory entry", _header(b"manifest.json", kind=b"5") + data[512:]))
     return out
+
+
+def _header(name, size=b"00000000010", prefix=b"", kind=b"0"):
+    """A ustar header block with a correct checksum around arbitrary field bytes."""
+    h = bytearray(512)
+    h[:len(name)] = name
+    h[124:124 + len(size)] = size
+    h[156:157] = kind
+    h[257:263] = b"ustar\x00"
+    h[345:345 + len(prefix)] = prefix
+    h[148:156] = b" " * 8
+    h[148:156] = b"%06o\x00 " % sum(h)
+    return bytes(h)
 
 
 def test_every_tampered_bundle_is_refused(built, keys):
@@ -128,6 +149,20 @@ def test_every_tampered_bundle_is_refused(built, keys):
     other = p256.public_key(p256.generate_secret())
     with pytest.raises(bundle.BundleError, match="signature"):
         bundle.verify(io.BytesIO(data), other)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fuzzed_bundles_only_raise_bundle_error(built, keys, data):
+    """Bytes changed anywhere in the first blocks (headers, manifest, signature) or the
+    archive cut anywhere: refused with BundleError, never another exception."""
+    raw = bytearray(built[0].read_bytes()[:4096])
+    for _ in range(data.draw(st.integers(1, 6))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    with pytest.raises(bundle.BundleError):
+        bundle.verify(io.BytesIO(bytes(raw[:cut])), keys[1])
 
 
 def test_signed_but_hostile_manifest_is_refused(keys):

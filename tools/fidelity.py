@@ -54,6 +54,8 @@ ENERGY_PATH = {
     "firmware/meters.py": None,
     "firmware/flashlog.py": None,
     "firmware/sequence.py": None,
+    # read_meter() takes the registers from meters.py, cycle() hands them to OCMF and the log
+    "firmware/app.py": ("read_meter", "cycle"),
     "protocol/ocmf.py": ("_check_int", "wh_to_kwh_str", "build_payload", "sign_record",
                          "build"),
 }
