@@ -116,6 +116,10 @@ def test_balances_reconcile_storage_withdraw(ledger_env):
     env.deposit(addr(1), 20 * 10**18)       # beyond 64-bit integers
     assert js(cli(env, "storage", "set", addr("st"), 13500, "--json"))["capacity_wh"] == 13500
     assert js(cli(env, "storage", "list", "--json")) == [{"owner": addr("st"), "capacity_wh": 13500}]
+    for bad, message in ((["0x" + "00" * 20, 5], "cannot be the zero address"),
+                         ([addr("st"), 10**30], "capacity must be at most")):
+        r = cli(env, "storage", "set", *bad)
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
     r = cli(env, "run", "--until-idle", "--timeout", "60")
     assert r.exit_code == 0, r.output
     b = js(cli(env, "balances", "--account", addr(1), "--json"))["accounts"]

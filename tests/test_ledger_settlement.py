@@ -185,6 +185,23 @@ def test_commission_is_charged_per_interval_on_the_stored_balance_and_split(conn
     assert bal(conn, a, "EEA") == 10**18 - 4 * due_a
 
 
+def test_intervals_closed_while_the_rate_was_zero_are_never_charged_later(conn):
+    a = addr(1)
+    accounts.credit(conn, a, "EEA", 10**18, reason="eea_deposit", ref="test-a")
+    ingest(conn, device(conn, 1, a), [(1, T0, 0, 0), (2, T0 + L, 0, 1500)])
+    Engine(FakeSettings(commission_rate=RATE)).step(conn, now=T0 + L + 60)   # mints 1500
+    assert bal(conn, a) == 1500 and bal(conn, a, "EEA") == 10**18
+    Engine(FakeSettings(commission_rate=0)).step(conn, now=T0 + 5 * L + 60)  # commission switched off
+    assert bal(conn, a, "EEA") == 10**18
+    # switched on again: only the interval that closed since is charged, not the four before
+    Engine(FakeSettings(commission_rate=RATE)).step(conn, now=T0 + 6 * L + 60)
+    assert bal(conn, a, "EEA") == 10**18 - commission.due(1500, RATE)
+    charged = [r[0] for r in conn.execute(
+        "SELECT b.start FROM ledger_batches b JOIN ledger_batch_accounts x USING(settlement_id) "
+        "WHERE x.account=? AND x.commission_eea != '0'", (a,))]
+    assert charged == [T0 + 5 * L]
+
+
 def test_records_hash_is_recomputable_from_the_stored_raw_records(conn):
     a = addr(1)
     s = device(conn, 1, a)
@@ -234,5 +251,17 @@ def test_withdraw_and_storage_land_with_their_intent(conn):
         set_capacity(conn, COMMUNITY, a, -1)
     with pytest.raises(accounts.BalanceError):
         set_capacity(conn, COMMUNITY, "0x123", 5)
+    # the contract reverts these for the zero address: a reverting intent would block the queue
+    zero = "0x" + "00" * 20
+    with pytest.raises(StorageError, match="zero address"):
+        set_capacity(conn, COMMUNITY, zero, 5)
+    with pytest.raises(StorageError, match="zero address"):
+        withdraw(conn, COMMUNITY, zero, 1)
+    with pytest.raises(StorageError, match="at most"):   # beyond SQLite's INTEGER
+        set_capacity(conn, COMMUNITY, a, 10**23)
+    with pytest.raises(StorageError):
+        set_capacity(conn, COMMUNITY, a, True)
+    assert len(intents(conn)) == 1 and bal(conn, a, "EEA") == 300
+    assert conn.execute("SELECT COUNT(*) FROM ledger_storage").fetchone()[0] == 0
     with transaction(conn):
         pass

@@ -143,6 +143,38 @@ def test_a_restored_backup_cannot_apply_a_settlement_twice(ledger_env, tmp_path)
     assert reconcile(old, env.chain())["differences"] == []
 
 
+def test_a_revert_is_retried_with_a_growing_backoff_and_applies_once_the_role_is_back(ledger_env):
+    import time
+
+    env = ledger_env
+    conn = env.conn()
+    feed(env, conn, accounts_=1, intervals_=2)
+    sids = Engine(env.settings).step(conn, now=T0 + 10 * L)
+    assert len(sids) == 2
+    chain = env.chain()
+    gw = Web3.to_checksum_address(env.dep["gateway"])
+    send(chain, GATEWAY, chain.watt.functions.setGateway(gw, False))     # the admin revokes the role
+    w = worker(env, conn, max_in_flight=1)
+    for backoff in (30, 60, 120):            # doubles per attempt: each retry of a revert costs gas
+        t0 = time.time()
+        for _ in range(5):
+            w.step()
+        t1 = time.time()
+        first = outbox.by_sid(conn, sids[0])
+        assert first["state"] == "queued" and "reverted" in first["last_error"]
+        assert first["not_before"] - t1 <= backoff <= first["not_before"] - t0
+        with transaction(conn):              # the test does not wait the backoff out
+            conn.execute("UPDATE ledger_outbox SET not_before=0 WHERE id=?", (first["id"],))
+    assert outbox.by_sid(conn, sids[1])["state"] == "queued"                 # nothing signed past it
+    assert [r["state"] for r in txs(conn)] == ["reverted"] * 3
+    send(chain, GATEWAY, chain.watt.functions.setGateway(gw, True))
+    drain(w)
+    assert outbox.counts(conn) == {"confirmed": 2}
+    counts = applied_counts(chain)
+    assert [counts[s] for s in sids] == [1, 1]
+    assert reconcile(conn, chain)["differences"] == []
+
+
 def test_a_nonce_taken_by_another_transaction_is_signed_again(ledger_env):
     env = ledger_env
     conn = env.conn()
@@ -176,14 +208,20 @@ def test_a_payload_that_can_never_be_valid_is_rejected_and_the_queue_moves_on(le
                        {"trades": [{"seller": addr(1), "buyer": addr(2), "wh": -5, "eea": 1}],
                         "records_hash": "0x" + "00" * 32})
         outbox.enqueue(conn, "session", outbox.settlement_id("missing"), {"payer": addr(1)})
+        # the contract reverts these on every retry: rejected before signing, the queue goes on
+        zero = "0x" + "00" * 20
+        outbox.enqueue(conn, "storage", outbox.settlement_id("zero-owner"), {"owner": zero, "capacity_wh": 5})
+        outbox.enqueue(conn, "withdraw", outbox.settlement_id("zero-payee"), {"account": zero, "amount": 1})
     feed(env, conn, accounts_=1, intervals_=1)
     Engine(env.settings).step(conn, now=T0 + 10 * L)
     drain(worker(env, conn))
-    assert outbox.counts(conn) == {"rejected": 3, "confirmed": 1}
+    assert outbox.counts(conn) == {"rejected": 5, "confirmed": 1}
     reasons = [r["last_error"] for r in conn.execute("SELECT last_error FROM ledger_outbox WHERE state='rejected'")]
     assert any("not an address" in r for r in reasons) and any("payload misses" in r for r in reasons)
+    assert sum("zero address" in r for r in reasons) == 2
+    assert conn.execute("SELECT COUNT(*) FROM ledger_txs").fetchone()[0] == 1   # nothing signed for them
     diffs = reconcile(conn, env.chain())["differences"]
-    assert len(diffs) == 3 and all("rejected" in d for d in diffs)
+    assert len(diffs) == 5 and all("rejected" in d for d in diffs)
 
 
 def test_deposits_sessions_trades_storage_and_withdrawals_agree_with_the_book(ledger_env):

@@ -18,6 +18,7 @@ MAX_ENTRIES = 512  # contracts/WATT.vy MAX_ENTRIES
 MAX_TRADES = 256   # contracts/WATT.vy MAX_TRADES
 MAX_OWNERS = 64    # contracts/WATT.vy MAX_OWNERS
 U256 = 2**256
+ZERO = "0x" + "00" * 20
 
 GAS_BASE = 90_000
 GAS_PER_ENTRY = 34_000        # mint to a fresh account (~24.5k) + commission (~5k) + margin
@@ -36,6 +37,15 @@ def _addr(value, what):
     if not isinstance(value, str) or not ADDRESS.match(value):
         raise IntentError(f"{what}: not an address: {value!r}")
     return value.lower()
+
+
+def _payee(value, what):
+    """An address the contract refuses when zero (setStorage owner, withdraw target):
+    rejected here, or the transaction would revert on every retry and block the queue."""
+    value = _addr(value, what)
+    if value == ZERO:
+        raise IntentError(f"{what}: the zero address is refused by the contract")
+    return value
 
 
 def _amount(value, what):
@@ -96,10 +106,10 @@ def call_for(kind, sid, payload, storage_owners=0):
             return ("settleTrades", [sid_b, _hash(payload["records_hash"]), args],
                     GAS_BASE + GAS_PER_TRADE * len(args))
         if kind == "storage":
-            return ("setStorage", [sid_b, _addr(payload["owner"], "owner"),
+            return ("setStorage", [sid_b, _payee(payload["owner"], "owner"),
                                    _amount(payload["capacity_wh"], "capacity_wh")], GAS_STORAGE)
         if kind == "withdraw":
-            return ("withdraw", [sid_b, _addr(payload["account"], "account"),
+            return ("withdraw", [sid_b, _payee(payload["account"], "account"),
                                  _amount(payload["amount"], "amount")], GAS_WITHDRAW)
     except KeyError as e:
         raise IntentError(f"payload misses {e.args[0]!r}") from None

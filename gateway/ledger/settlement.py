@@ -18,7 +18,8 @@ The storage commission (gateway/ledger/commission.py) is charged once per interv
 on every account holding WATT, on the balance it held before the interval's own
 mint or burn, in escrowed EEA up to what the account has (the rest is recorded as
 commission due but not charged). Intervals are charged from the first one the
-ledger sees on; a gateway that was down catches up interval by interval.
+ledger sees on; a gateway that was down catches up interval by interval, but an
+interval that closed while `commission_rate` was 0 is never charged afterwards.
 
 Accounts are cut into batches (`batch_accounts`, and what fits the transaction gas
 limit); each batch is one intent with settlement id
@@ -93,13 +94,13 @@ class Engine:
         by_start = defaultdict(list)
         for r in rows:
             by_start[r["start"]].append(r)
-        charged = set()
-        if self.s.commission_rate > 0:
-            last = latest_closed_start(now, self.s.grace_s)
-            nxt = tables.get_state(conn, "commission_next_start")
-            nxt = last if nxt is None else nxt
-            charged = set(range(nxt, last + 1, LENGTH_S))
-            tables.put_state(conn, "commission_next_start", max(nxt, last + LENGTH_S))
+        # The commission cursor advances with the rate at 0 too: intervals that closed
+        # while no commission was configured are never charged later at a new rate.
+        last = latest_closed_start(now, self.s.grace_s)
+        nxt = tables.get_state(conn, "commission_next_start")
+        nxt = last if nxt is None else nxt
+        charged = set(range(nxt, last + 1, LENGTH_S)) if self.s.commission_rate > 0 else set()
+        tables.put_state(conn, "commission_next_start", max(nxt, last + LENGTH_S))
         watt, eea = _balances(conn)
         sids = []
         for start in sorted(set(by_start) | charged):

@@ -9,6 +9,8 @@ from gateway.db import transaction
 from gateway.ledger import intents, outbox, tables
 
 WITHDRAW_REASON = "withdraw"
+ZERO = "0x" + "00" * 20
+MAX_CAPACITY_WH = 2**63 - 1  # what SQLite's INTEGER holds (≈ 9.2 PWh, far beyond any storage)
 
 
 class StorageError(ValueError):
@@ -16,9 +18,11 @@ class StorageError(ValueError):
 
 
 def set_capacity(conn, community, owner, capacity_wh):
-    owner = accounts.normalize_address(owner)
-    if not isinstance(capacity_wh, int) or capacity_wh < 0:
+    owner = _payee(owner, "storage owner")
+    if not isinstance(capacity_wh, int) or isinstance(capacity_wh, bool) or capacity_wh < 0:
         raise StorageError("capacity must be a non-negative integer (Wh)")
+    if capacity_wh > MAX_CAPACITY_WH:
+        raise StorageError(f"capacity must be at most {MAX_CAPACITY_WH} Wh")
     with transaction(conn):
         row = conn.execute("SELECT capacity_wh, changes FROM ledger_storage WHERE owner=?", (owner,)).fetchone()
         if (row is None or row[0] == 0) and capacity_wh > 0 and len(tables.storage_owners(conn)) >= intents.MAX_OWNERS:
@@ -35,8 +39,8 @@ def set_capacity(conn, community, owner, capacity_wh):
 
 def withdraw(conn, community, account, amount):
     """Pay escrowed EEA back to its owner; refused if the book balance is too low."""
-    account = accounts.normalize_address(account)
-    if not isinstance(amount, int) or amount <= 0:
+    account = _payee(account, "withdrawal account")
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         raise StorageError("amount must be a positive integer (EEA base units)")
     with transaction(conn):
         n = (tables.get_state(conn, "withdrawals", 0)) + 1
@@ -45,3 +49,12 @@ def withdraw(conn, community, account, amount):
         accounts.post(conn, [(account, "EEA", -amount)], WITHDRAW_REASON, sid)
         outbox.enqueue(conn, "withdraw", sid, {"account": account, "amount": amount})
     return sid
+
+
+def _payee(address, what):
+    """The contract reverts setStorage/withdraw for the zero address; a reverting intent
+    would be retried forever and hold up every settlement queued after it."""
+    address = accounts.normalize_address(address)
+    if address == ZERO:
+        raise StorageError(f"{what} cannot be the zero address")
+    return address

@@ -16,8 +16,9 @@ Exactly once, across crashes:
 
 Several transactions may be in flight (`max_in_flight`); nonces keep them in
 outbox order on chain. A transaction that reverts (it cannot, unless roles or
-the contract changed) sends its intent back to the queue with a backoff, and the
-queue waits for it, so later intents are not signed past it.
+the contract changed) sends its intent back to the queue with a backoff that
+doubles per attempt (30 s up to an hour: every retry of a revert costs gas), and
+the queue waits for it, so later intents are not signed past it.
 
 Chain unreachable: `step` raises ChainUnavailable; nothing changes in the store,
 the outbox keeps growing, and the next step picks up where this one stopped.
@@ -34,6 +35,7 @@ from gateway.ledger.chain import ChainUnavailable
 
 DEPOSIT_REASON = "eea_deposit"
 RETRY_S = 30.0
+MAX_RETRY_S = 3600.0  # a revert that persists (role revoked) costs gas on every retry: back off
 
 
 class Worker:
@@ -97,13 +99,15 @@ class Worker:
 
     def _reverted(self, tx, receipt):
         applied = self.chain.applied(tx["settlement_id"])
+        attempts = outbox.get(self.conn, tx["outbox_id"])["attempts"]
+        delay = min(RETRY_S * 2 ** max(attempts - 1, 0), MAX_RETRY_S)
         with transaction(self.conn):
             outbox.tx_state(self.conn, tx["id"], "reverted", block_number=receipt["blockNumber"],
                             gas_used=receipt["gasUsed"], error="reverted")
             if applied:
                 outbox.confirm(self.conn, tx["outbox_id"], "settlement id was already applied on chain")
             else:
-                outbox.requeue(self.conn, tx["outbox_id"], f"transaction {tx['tx_hash']} reverted", RETRY_S)
+                outbox.requeue(self.conn, tx["outbox_id"], f"transaction {tx['tx_hash']} reverted", delay)
         if self.log:
             (self.log.info if applied else self.log.error)(
                 "settlement %s: transaction reverted (%s)", tx["settlement_id"],
