@@ -161,3 +161,41 @@ def test_sizing_command(env):
            "--headroom", "2")
     assert r["rows"][0]["battery_kwh"] == 50 and r["rows"][0]["cost"] == 20_000
     assert "bmax_wh" not in r
+
+
+def test_agents_list_shows_an_agent_that_no_longer_fits_bmax(env, tmp_path):
+    gw(env, "agents", "set", SELLER, "--sell-price", "0.60 EEA")  # thresholds from B_max
+    conf = tmp_path / "nocap.toml"
+    conf.write_text('[gateway]\ncommunity = "c1"\n[market]\nbmax_wh = 0\n')
+    nocap = ["--config", str(conf), *env[2:]]
+    (a,) = gw(nocap, "agents", "list")
+    assert a["owner"] == SELLER and "sell_above_wh" in a["error"]
+    r = cli_invoke("market", "agents", "list", *nocap)
+    assert r.exit_code == 0 and "idle" in r.output
+    # The market still works, and the agent can be fixed.
+    gw(nocap, "place", "--account", BUYER, "--side", "buy", "--qty", "10", "--price", "0.5 EEA")
+    gw(nocap, "agents", "set", SELLER, "--sell-above", "900", "--keep", "100")
+    (a,) = gw(nocap, "agents", "list")
+    assert "error" not in a and a["sell_above_wh"] == 900
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--average-kwh", "1e999999999"], "average kWh"),  # used to hang building 10**1e9
+    (["--average-kwh", "1", "--headroom", "1e-999999999"], "headroom"),
+    (["--average-kwh", "1", "--target-cost", "9" * 100], "target cost"),
+    (["--average-kwh", "1e99999"], "average kWh"),
+    (["--average-kwh", "1", "--price-per-kwh", "1/0"], "price per kWh"),
+])
+def test_sizing_refuses_hostile_numbers_quickly(env, args, message):
+    r = cli_invoke("market", "sizing", "--households", "10", *args, *env)
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.startswith("egs-gw: error:") and message in r.stderr, r.stderr
+
+
+def test_sizing_accepts_ratios_and_refuses_absurd_households(env):
+    r = gw(env, "sizing", "--households", "3", "--average-kwh", "2/3", "--headroom", "3/2")
+    assert r["rows"][0]["battery_kwh"] == 3
+    r = cli_invoke("market", "sizing", "--households", str(10**30), "--average-kwh", "1", *env)
+    assert r.exit_code == 1 and "households" in r.stderr
+    with pytest.raises(ValueError, match="households"):
+        sizing.storage_row(10**30, "1")

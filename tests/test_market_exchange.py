@@ -494,3 +494,55 @@ def test_an_order_costing_more_than_all_eea_is_refused(conn):
     m = market(conn, bmax_wh=0)
     with pytest.raises(ValueError, match="total EEA supply"):
         m.place(addr(80), BUY, 1000, 700_000_001 * EEA)
+
+
+# ---- hostile sizes and stale agent settings (audit) ------------------------------------
+
+def test_absurd_quantities_are_refused_not_crashed(conn):
+    """Quantities beyond SQLite's 64-bit integers used to escape as OverflowError."""
+    from gateway.market.settings import MAX_WH
+    seller, buyer = addr(1), addr(2)
+    credit(conn, seller, watt=100)
+    credit(conn, buyer, eea=EEA)
+    m = market(conn, bmax_wh=0)
+    huge = 10**20
+    with pytest.raises(OrderError, match="too large"):
+        m.place(seller, SELL, huge, 1)
+    with pytest.raises(OrderError, match="too large"):
+        m.place(buyer, BUY, huge)  # a market buy
+    with pytest.raises(OrderError, match="too large"):
+        m.place(seller, SELL, MAX_WH + 1, 1)
+    with pytest.raises(OrderError):
+        m.place(seller, SELL, "100", 10**18)  # never string arithmetic ("100" * price)
+    oid = m.place(seller, SELL, 100, price("0.5"))["order"]["id"]
+    with pytest.raises(OrderError, match="too large"):
+        m.amend(oid, qty=huge)
+    with pytest.raises(ValueError, match="Wh"):
+        m.set_agent(seller, sell_price="0.5 EEA", sell_above_wh=huge)
+    # Nothing was written by the refused operations; the amended order is still there.
+    assert [o["id"] for o in m.book_orders()["asks"]] == [oid]
+    assert conn.execute("SELECT COUNT(*) FROM market_orders").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM market_agents").fetchone()[0] == 0
+    # A charging session claiming absurd energy is billed at the configured price.
+    source = session_price_source("c1", buyer, fallback_price=777)
+    with db.transaction(conn):
+        assert source(conn, {"charger_id": "CP", "id": 1}, huge) == 777
+    assert conn.execute("SELECT COUNT(*) FROM market_trades").fetchone()[0] == 0
+
+
+def test_agent_left_invalid_by_a_bmax_change_does_not_stop_the_market(conn):
+    """An agent set with B_max defaults, then [market] bmax_wh = 0: its thresholds no
+    longer resolve. The market used to fail every operation (catch-up lets agents act),
+    `agents set` included, so the agent could not even be fixed."""
+    user, buyer = addr(1), addr(2)
+    market(conn, bmax_wh=4000).set_agent(user, sell_price="0.5 EEA")
+    m = market(conn, bmax_wh=0)  # the operator removed the cap
+    credit(conn, user, watt=5000)
+    credit(conn, buyer, eea=EEA)
+    r = m.place(buyer, BUY, 10, price("0.6"))
+    assert r["agent_orders"] == [] and r["order"]["status"] == "open"
+    assert m.refresh()["agent_orders"] == []  # the agent waits, idle
+    # The owner sets explicit thresholds: the agent acts again.
+    r = m.set_agent(user, sell_above_wh=1000, keep_wh=0)
+    assert [(o["side"], o["qty"]) for o in r["agent_orders"]] == [(SELL, 5000)]
+    assert [(t["seller"], t["buyer"], t["wh"]) for t in r["trades"]] == [(user, buyer, 10)]

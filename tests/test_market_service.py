@@ -97,3 +97,50 @@ def test_session_price_source_falls_back_without_touching_the_callers_work(tmp_p
     assert conn.execute("SELECT COUNT(*) FROM caller").fetchone()[0] == 1
     assert conn.execute("SELECT COUNT(*) FROM market_orders").fetchone()[0] == 0
     conn.close()
+
+
+def test_a_failed_cycle_is_logged_and_the_service_keeps_going(tmp_path, monkeypatch, caplog):
+    """One failing cycle used to end the market task, and with it `egs-gw run`."""
+    cfg = load(tmp_path)
+    dbp = tmp_path / "gw.sqlite"
+    conn = open_store(dbp)
+    seller, buyer = addr(1), addr(2)
+    credit(conn, seller, watt=500)
+    credit(conn, buyer, eea=EEA)
+    ctx = Ctx(cfg, dbp)
+    real = service._cycle
+    calls = []
+
+    def flaky(market):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("disk hiccup")
+        return real(market)
+    monkeypatch.setattr(service, "_cycle", flaky)
+
+    async def scenario():
+        task = asyncio.create_task(service.run(ctx))
+        try:
+            from gateway.market.exchange import Market
+            from tests.market_fixtures import settings
+            m = Market(conn, "c1", settings(bmax_wh=4000, interval_s=1))
+            await asyncio.to_thread(m.place, seller, "sell", 100, price("0.5"))
+            await asyncio.to_thread(m.place, buyer, "buy", 100, price("0.5"))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not task.done():
+                if conn.execute("SELECT COUNT(*) FROM ledger_outbox WHERE kind='trades'"
+                                ).fetchone()[0]:
+                    break
+                await asyncio.sleep(0.05)
+            assert not task.done(), task.exception()
+            assert len(calls) > 1
+            assert conn.execute("SELECT COUNT(*) FROM market_trades WHERE settlement_id "
+                                "IS NOT NULL").fetchone()[0] == 1
+        finally:
+            ctx.stopping.set()
+            await asyncio.wait_for(task, 10)
+
+    with caplog.at_level(logging.ERROR, logger="test.market"):
+        asyncio.run(scenario())
+    assert "market cycle failed" in caplog.text and "disk hiccup" in caplog.text
+    conn.close()

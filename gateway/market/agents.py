@@ -15,7 +15,7 @@ A side without a price is not traded. Agents act when the user's balance changes
 (settlement, meters, charging), which Market notices on its next operation.
 """
 from gateway.market.book import BUY, SELL
-from gateway.market.settings import UnitError, parse_price
+from gateway.market.settings import MAX_WH, UnitError, parse_price
 
 
 class AgentError(ValueError):
@@ -94,8 +94,8 @@ def store(conn, community, owner, fields, now, bmax):
         elif key == "enabled":
             new[key] = bool(value)
         else:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise AgentError(f"{key}: a non-negative number of Wh, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WH:
+                raise AgentError(f"{key}: a number of Wh from 0 to {MAX_WH}, got {value!r}")
             new[key] = value
     if new["buy_price"] is None and new["sell_price"] is None:
         raise AgentError("an agent needs a buy price, a sell price or both")
@@ -121,7 +121,13 @@ def decide(agent, bal, open_sides, bmax):
     """The orders an agent places now: [(side, qty, price)]. Pure: balances in, orders out."""
     if not agent["enabled"]:
         return []
-    a = resolve(agent, bmax)
+    try:
+        a = resolve(agent, bmax)
+    except AgentError:
+        # Thresholds that no longer fit [market] bmax_wh (changed since the agent was
+        # set): the agent waits until its owner sets them again. Raising here would
+        # fail every market operation, `agents set` included, so nobody could fix it.
+        return []
     owner = a["owner"]
     out = []
     if a["sell_price"] is not None and SELL not in open_sides:

@@ -328,11 +328,18 @@ def agents_list(app, community):
     bmax = m.settings["bmax_wh"]
     rows = []
     for a in agents_mod.list_agents(m.conn, m.community):
-        rows.append(agents_mod.resolve(a, bmax))
+        try:
+            rows.append(agents_mod.resolve(a, bmax))
+        except agents_mod.AgentError as e:  # e.g. bmax_wh changed: show it, it is idle
+            rows.append(dict(a, error=str(e)))
 
     def human(rows):
         t = Table("owner", "buy at", "below Wh", "up to Wh", "sell at", "above Wh", "keep Wh", "on")
         for a in rows:
+            if "error" in a:
+                t.add_row(a["owner"], format_price(a["buy_price"]), "", "",
+                          format_price(a["sell_price"]), "", "", f"idle: {a['error']}")
+                continue
             t.add_row(a["owner"], format_price(a["buy_price"]), str(a["buy_below_wh"] or ""),
                       str(a["buy_up_to_wh"] or ""), format_price(a["sell_price"]),
                       str(a["sell_above_wh"] or ""), str(a["keep_wh"] if a["keep_wh"] is not None
@@ -344,7 +351,8 @@ def agents_list(app, community):
 
 
 @market.command("sizing")
-@click.option("--households", type=click.IntRange(1), multiple=True, required=True,
+@click.option("--households", type=click.IntRange(1, sizing_mod.MAX_HOUSEHOLDS), multiple=True,
+              required=True,
               help="Connected households (repeat for several rows).")
 @click.option("--average-kwh", multiple=True, required=True,
               help="Average energy stored per household, kWh (repeat for several rows).")

@@ -22,8 +22,18 @@ from gateway.db import transaction
 from gateway.ledger import outbox
 from gateway.market import agents as agents_mod
 from gateway.market import journal, settlement
-from gateway.market.book import BUY, DONE, FILLED, OPEN, SELL, OrderError, affordable, cost
-from gateway.market.settings import market_settings, parse_price
+from gateway.market.book import (
+    BUY,
+    DONE,
+    FILLED,
+    OPEN,
+    SELL,
+    OrderError,
+    affordable,
+    check_amount,
+    cost,
+)
+from gateway.market.settings import MAX_WH, market_settings, parse_price
 
 # An order that costs more than all the EEA there is can never be paid (the balance book
 # and the journal keep exact amounts of any size; this only refuses the absurd).
@@ -219,7 +229,10 @@ class Market:
     def _place(self, owner, side, qty, price=None, source="user", ref="", replaces=None,
                max_price=None, cap=True):
         owner = accounts.normalize_address(owner)
-        if price is not None and cost(qty, price) > MAX_COST:
+        check_amount(qty, "quantity")  # before any arithmetic: "100" * price is a string
+        if qty > MAX_WH:
+            raise OrderError(f"order too large: {qty} Wh, at most {MAX_WH} Wh")
+        if price is not None and cost(qty, check_amount(price, "price")) > MAX_COST:
             raise OrderError("order too large: it costs more than the total EEA supply")
         now = self._now()
         if price is None:

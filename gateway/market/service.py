@@ -60,6 +60,10 @@ async def run(ctx):
                 reacted, settled = await asyncio.to_thread(_cycle, market)
             except sqlite3.OperationalError as e:  # e.g. locked for longer than the timeout
                 log.warning("market cycle postponed: %s", e)
+            except Exception:
+                # A failed cycle changed nothing (one transaction per operation); the
+                # gateway's ingest and the central system must not stop with it.
+                log.exception("market cycle failed; retrying in %s s", settings["poll_s"])
             else:
                 if reacted["trades"] or reacted["agent_orders"]:
                     log.info("balance changes: %d trades, %d agent orders",

@@ -32,6 +32,11 @@ section("market", {
 
 MAX_SETTLE_BATCH = 256
 
+# The largest order or agent threshold, Wh (1 TWh, far beyond any community). The
+# store keeps Wh as SQLite integers (at most 2**63 - 1); this refuses the absurd
+# with a clear error before it gets there.
+MAX_WH = 10**12
+
 
 class UnitError(ValueError):
     pass

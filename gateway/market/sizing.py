@@ -14,7 +14,10 @@
 Exact arithmetic (fractions from the decimal text), so the table is reproducible.
 """
 import math
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+
+MAX_HOUSEHOLDS = 10**9  # keeps every figure a finite float for the output
 
 
 class SizingError(ValueError):
@@ -22,8 +25,19 @@ class SizingError(ValueError):
 
 
 def _frac(value, what, positive=True):
+    text = str(value).strip()
+    # Fraction("1e999999999") builds a billion-digit integer: bound the text and the
+    # exponent first (the Decimal check), so hostile input is an error, not a hang.
+    if len(text) > 60:
+        raise SizingError(f"{what}: not a number: {value!r}")
     try:
-        f = Fraction(str(value))
+        d = Decimal(text)
+    except InvalidOperation:
+        d = None  # maybe a ratio like "3/2", which Fraction reads
+    if d is not None and (not d.is_finite() or (d and not -30 <= d.adjusted() <= 30)):
+        raise SizingError(f"{what}: not a number in range: {value!r}")
+    try:
+        f = Fraction(text)
     except (ValueError, ZeroDivisionError):
         raise SizingError(f"{what}: not a number: {value!r}") from None
     if positive and f <= 0:
@@ -38,8 +52,10 @@ def _num(f):
 
 def storage_row(households, average_kwh, price_per_kwh=200, headroom="1.5",
                 container_kwh=800, container_sqm=30):
-    if isinstance(households, bool) or not isinstance(households, int) or households <= 0:
-        raise SizingError(f"households: a positive whole number, got {households!r}")
+    if (isinstance(households, bool) or not isinstance(households, int)
+            or not 0 < households <= MAX_HOUSEHOLDS):
+        raise SizingError(f"households: a whole number from 1 to {MAX_HOUSEHOLDS:,}, "
+                          f"got {households!r}")
     avg = _frac(average_kwh, "average kWh")
     price = _frac(price_per_kwh, "price per kWh")
     head = _frac(headroom, "headroom")
