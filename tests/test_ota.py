@@ -79,6 +79,11 @@ def releases(tmp_path_factory):
         assert head in text
         p.write_text(text.replace(head, head + "        return False  # this release never reads its meter\n"))
 
+    # signed by the right key, yet not for this device: an older version (a replayed
+    # release would downgrade it) and a bundle built for the ESP32 port
+    out["older"], _ = release.build(secret, d / "older", root=_source_copy(d / "src_older", "0.0.9"),
+                                    port="unix", march=None)
+    out["esp32"], _ = release.build(secret, d / "esp32", root=new_src, port="esp32", march=None)
     mute_src = _source_copy(d / "src_mute", out["mute_version"], never_sign)
     out["mute"], _ = release.build(secret, d / "mute", root=mute_src, port="unix", march=None)
     other = p256.generate_secret()
@@ -228,9 +233,10 @@ def test_update_applies_and_keeps_every_reading(board, gateway, releases, mosqui
 
 
 @pytest.mark.parametrize("kind,reason", [("tampered", "sha256"), ("foreign", "signature"),
-                                         ("truncated", "download")])
+                                         ("truncated", "download"), ("older", "is not newer"),
+                                         ("esp32", "for port esp32")])
 def test_bad_release_leaves_old_version_running(board, gateway, releases, mosquitto, kind,
-                                                reason, tmp_path):
+                                                reason, tmp_path, monkeypatch):
     wait_for(lambda: _running(gateway, releases["old_version"]), 30, "old version online")
     if kind == "truncated":
         bundle = tmp_path / "short.tar"
@@ -242,11 +248,11 @@ def test_bad_release_leaves_old_version_running(board, gateway, releases, mosqui
             orig(self, path, *a, **kw)
             self.data = self.data[:len(self.data) // 2]
 
-        ota.ReleaseServer.__init__ = short_server
-        try:
-            result = _offer(mosquitto, bundle, releases["pub"], timeout=120)
-        finally:
-            ota.ReleaseServer.__init__ = orig
+        monkeypatch.setattr(ota.ReleaseServer, "__init__", short_server)
+        result = _offer(mosquitto, bundle, releases["pub"], timeout=120)
+    elif kind in ("older", "esp32"):
+        # signed by the release key, so the gateway offers it; the device refuses it
+        result = _offer(mosquitto, releases[kind], releases["pub"], timeout=120)
     else:
         # the gateway will not offer it: tampered is refused by hash, foreign by signature
         with pytest.raises(Exception, match="refused" if kind == "tampered" else "signature"):
