@@ -108,6 +108,9 @@ def conf_text(out_dir, host, port, tls_port=0, tls_host="0.0.0.0", certfile="", 
         "autosave_interval 60",
         "max_queued_messages 100000",
         "max_inflight_messages 100",
+        "# A device's records are ~1 KB (the gateway refuses > ingest.max_record_bytes); an",
+        "# authenticated client must not make the broker and the gateway hold 256 MB messages.",
+        "max_packet_size 262144",
         "",
         "# Loopback listener: the gateway on the same machine (and tests).",
         f"listener {port} {host}",
@@ -156,9 +159,18 @@ def write_config(conn, out_dir, community, host="127.0.0.1", port=1883, tls_port
                  tls_host="0.0.0.0", certfile="", keyfile="", cafile="", gateway_user="egs-gateway",
                  run_as=""):
     """Write the broker directory; returns a summary dict."""
-    if not community or any(c in community for c in "/+# "):
-        raise BrokerError(f"not a usable community id: {community!r}")
+    from protocol.topics import check_id
+    try:
+        check_id(community, "community")
+    except ValueError as e:
+        raise BrokerError(str(e)) from None
     _check_user(gateway_user)
+    # each value ends up in a line of mosquitto.conf: a line break would add directives
+    for what, value, bad in (("host", host, " \t\r\n\x00"), ("TLS host", tls_host, " \t\r\n\x00"),
+                             ("run-as user", run_as, " \t\r\n\x00"), ("certfile", certfile, "\r\n\x00"),
+                             ("keyfile", keyfile, "\r\n\x00"), ("cafile", cafile, "\r\n\x00")):
+        if any(c in str(value) for c in bad):
+            raise BrokerError(f"not a usable {what}: {value!r}")
     if not 0 < int(port) < 65536 or (tls_port and not 0 < int(tls_port) < 65536):
         raise BrokerError("listener ports must be between 1 and 65535")
     devices = [d for d in store.list_devices(conn) if not d["revoked"]]

@@ -58,14 +58,22 @@ def _ago(ts, now=None):
     return f"{s // 86400}d ago"
 
 
+_MAX_TIME = 2 ** 53
+
+
 def parse_time(value, what="--since"):
     """Epoch seconds from an integer, an ISO date/time (UTC unless given) or a duration ago (15m, 2h, 1d)."""
     text = str(value).strip()
+    t = None
     if re.fullmatch(r"\d+", text):
-        return int(text)
+        t = int(text)
     m = re.fullmatch(r"(\d+)\s*([smhd])", text)
     if m:
-        return int(time.time()) - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        t = int(time.time()) - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    if t is not None:
+        if not -_MAX_TIME <= t <= _MAX_TIME:   # SQLite integers are 64-bit: a traceback otherwise
+            raise UserError(f"{what}: {value!r} is out of range")
+        return t
     try:
         dt = datetime.datetime.fromisoformat(text)
     except ValueError:

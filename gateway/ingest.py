@@ -42,6 +42,9 @@ from protocol import topics
 
 ALGORITHM = "ECDSA-secp256r1-SHA256"
 TRUSTED_TIME = ("S", "I")
+# A sequence must fit SQLite's INTEGER: a larger one would fail an INSERT (reading
+# or quarantine) and roll back the whole batch every time the device replays it.
+MAX_SEQ = 2 ** 63 - 1
 
 # Rejection reasons (quarantine.reason and security_events.kind).
 REASONS = {
@@ -137,7 +140,7 @@ def _general_parse(raw):
         return ("reject", "malformed", str(e), None)
     except (ValueError, TypeError, UnicodeError, RecursionError) as e:  # parse promises OcmfError
         return ("reject", "malformed", f"{type(e).__name__}: {e}", None)
-    seq = rec.sequence if isinstance(rec.sequence, int) else None
+    seq = rec.sequence if isinstance(rec.sequence, int) and 0 <= rec.sequence <= MAX_SEQ else None
     if rec.algorithm.strip().upper() != ALGORITHM.upper():
         return ("reject", "bad_algorithm", f"signature algorithm {rec.algorithm!r}", seq)
     return (rec.payload_bytes, rec.signature_der, seq, rec.import_wh, rec.export_wh, rec.time_epoch,
@@ -164,7 +167,7 @@ def verify_one(raw, pub65):
         return ("reject", "bad_signature", f"registered key unusable: {e}", seq)
     problems = []
     if seq is None or not pagination.strip().startswith("F"):
-        problems.append(f"pagination {pagination!r} is not a fiscal sequence F<n>")
+        problems.append(f"pagination {pagination[:40]!r} is not a fiscal sequence F<n>, n <= 2**63 - 1")
     if not isinstance(imp, int) or not isinstance(exp, int):
         problems.append("import (1-0:1.8.0) and export (1-0:2.8.0) registers are both required")
     if not isinstance(t, int):
@@ -521,7 +524,7 @@ class IngestCore:
         text = bytes(payload or b"")[:4096].decode("utf-8", "replace").strip()
         try:
             body = json.loads(text) if text else {"state": "offline"}
-        except ValueError:
+        except (ValueError, RecursionError):   # deep nesting raises RecursionError
             body = {"state": text}
         if not isinstance(body, dict):
             body = {"state": str(body)}

@@ -76,7 +76,7 @@ class Console:
                 continue
             try:
                 reply = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):   # noise, or nesting too deep to decode
                 continue
             if not isinstance(reply, dict):
                 continue

@@ -178,10 +178,12 @@ class Gateway:
             await asyncio.sleep(0.02)
 
     def _ask_for_replay(self):
-        """After a start, ask every device to resend what it has not seen acknowledged.
+        """After each connection, ask every device to resend what it has not seen
+        acknowledged.
 
-        A previous run may have died between receiving messages (the broker already
-        considers them delivered) and committing them; only the devices still hold them.
+        A previous run may have died, or the last connection dropped, between receiving
+        messages (the broker already considers them delivered) and committing them; only
+        the devices still hold them.
         """
         for d in self.core.devices.values():
             if d.revoked:
@@ -194,7 +196,6 @@ class Gateway:
         import aiomqtt
 
         backoff = 0.5
-        first = True
         client_id = self.mqtt["client_id"] or f"egs-gw-{self.ctx.community}"
         tls = aiomqtt.TLSParameters(ca_certs=self.mqtt["ca_file"] or None) if self.mqtt["tls"] else None
         while not self.halt.is_set():
@@ -212,9 +213,7 @@ class Gateway:
                     backoff = 0.5
                     self.log.info("connected to MQTT broker %s:%d as %s", self.host, self.port,
                                   self.mqtt["user"] or "(anonymous)")
-                    if first:
-                        first = False
-                        self._ask_for_replay()
+                    self._ask_for_replay()
                     await self._pump(client, holder["q"])
             except aiomqtt.MqttError as e:
                 if self.halt.is_set():

@@ -191,3 +191,21 @@ def test_tls_listener_config(tmp_path, gwdb):
                  "--community", COMMUNITY, "--tls-port", 8883)
     assert res.exit_code == 1 and res.stderr.strip() == \
         "egs-gw: error: a TLS listener needs --certfile and --keyfile"
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--community", "c1\nuser\tdev2"), "community"),
+    (("--community", "c1 c2"), "community"),
+    (("--host", "127.0.0.1\nallow_anonymous true"), "host"),
+    (("--run-as", "root\nallow_anonymous true"), "run-as user"),
+])
+def test_values_that_would_add_config_lines_are_refused(tmp_path, gwdb, args, message):
+    """A community, address or user ends up in a line of the ACL or mosquitto.conf: a line
+    break in one would add directives (another user's topics, anonymous access)."""
+    Signer("dev1").register(gwdb)
+    base = {"--community": COMMUNITY}
+    base.update(dict(zip(args[::2], args[1::2])))
+    flat = [x for kv in base.items() for x in kv]
+    res = cli_invoke("broker", "config", "--db", tmp_path / "gw.sqlite", "--out", tmp_path / "b", *flat)
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+    assert not (tmp_path / "b" / "acl").exists() and not (tmp_path / "b" / "mosquitto.conf").exists()

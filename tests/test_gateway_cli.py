@@ -127,6 +127,8 @@ def test_readings_intervals_events_status(cli, tmp_path):
     assert ok_json(cli("readings", "--since", iso, "--json"))["count"] == 8
     assert ok_json(cli("readings", "--since", "1d", "--json"))["count"] == 0   # T0 is days before now
     one_line_error(cli("readings", "--since", "yesterday-ish"), "--since")
+    for huge in ("99999999999999999999", "99999999999999999999d"):   # beyond SQLite's 64-bit integers
+        one_line_error(cli("readings", "--since", huge), "out of range")
     one_line_error(cli("readings", "--device", "zz"), "no device 'zz'")
     one_line_error(cli("readings", "--limit", "0"), "--limit")
     iv = ok_json(cli("intervals", "--device", "d1", "--json"))

@@ -5,6 +5,8 @@ import json
 import os
 import pty
 import struct
+import sys
+import threading
 import tty
 from fractions import Fraction
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway import db, store
-from gateway.provision import Console
+from gateway.provision import Console, ProvisionError
 from protocol import ocmf
 from sim.device import DeviceProcess
 from sim.meter import MeterEmulator
@@ -150,3 +152,40 @@ def test_provision_errors_are_one_line(tmp_path, gwdb, meter):
         assert res.exit_code == 1 and "no broker configuration" in res.stderr
     finally:
         dev.close()
+
+
+def test_console_skips_noise_and_hostile_lines():
+    """What a device prints besides its replies (boot messages, binary garbage, JSON that is
+    not an object or nests too deep to decode) is skipped; a refusal is a clear error."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    replies = [
+        [b"boot: ets Jun  8 2016\r\n", b"\xff\xfe\x00garbage\n", b"[1, 2]\n", b"{not json\n",
+         b'{"a":' + b"[" * 3000 + b"\n", b'{"ok": true, "fw": "0.1.0"}\n'],
+        [b'{"ok": false, "error": "meter.model: unknown"}\n'],
+    ]
+
+    def device():
+        buf = b""
+        for lines in replies:
+            while b"\n" not in buf:
+                buf += os.read(master, 4096)
+            buf = buf.split(b"\n", 1)[1]
+            for line in lines:
+                os.write(master, line)
+
+    t = threading.Thread(target=device, daemon=True)
+    t.start()
+    console = Console(os.ttyname(slave), timeout=10)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)     # the interpreter's default, as in `egs-gw` (the test run raises it)
+    try:
+        assert console.request({"cmd": "hello"}) == {"ok": True, "fw": "0.1.0"}
+        with pytest.raises(ProvisionError, match="device refused 'provision': meter.model: unknown"):
+            console.request({"cmd": "provision"})
+    finally:
+        sys.setrecursionlimit(limit)
+        console.close()
+        t.join(5)
+        os.close(master)
+        os.close(slave)

@@ -4,6 +4,7 @@
 """
 import os
 import random
+import sys
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -279,6 +280,35 @@ def test_status_messages_recorded(gwdb):
     assert [e["kind"] for e in store.events(gwdb)] == ["status_pubkey_mismatch"]
     assert core.status(topic("nobody", "status"), b"{}") is None
     assert core.status(topic("dev1", "status"), os.urandom(50)) == "dev1"
+    # nesting deeper than the JSON decoder's recursion limit (the interpreter's default
+    # of 1000 in the service; the test run raises it): kept as text, not an exception
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        assert core.status(topic("dev1", "status"), b"[" * 3000) == "dev1"
+    finally:
+        sys.setrecursionlimit(limit)
+    assert store.get_device(gwdb, "dev1")["status"] == {"state": "[" * 3000}
+
+
+def test_sequence_beyond_64_bits_is_rejected_and_the_batch_survives(gwdb):
+    """PG has no digit limit in OCMF; SQLite integers do. Such a record (signed or not)
+    is quarantined as malformed, and the good records of its batch are stored and acked."""
+    s = Signer()
+    s.register(gwdb)
+    core = make_core(gwdb)
+    huge = s.payload(2, 20, 0, T0 + 60).replace(b'"PG":"F2"', b'"PG":"F' + b"9" * 25 + b'"')
+    out = feed(core, [
+        (topic("dev1"), s.record(1, 10, 0, T0)),
+        (topic("dev1"), s.sign(huge)),                                            # signed by the device
+        (topic("dev1"), s.sign(huge, key=Signer().key)),                          # and not
+        (topic("dev1"), s.sign(huge).replace("secp256r1", "secp384r1")),
+        (topic("dev1"), s.record(2, 20, 0, T0 + 60)),
+    ])
+    assert out.accepted == 2 and out.acks == {"dev1": 2}
+    assert sum(out.rejected.values()) == 3 and set(out.rejected) <= {"malformed", "bad_signature", "bad_algorithm"}
+    assert [r["seq"] for r in store.quarantined(gwdb)] == [None, None, None]
+    assert store.count_readings(gwdb) == 2
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gateway import db, store
 from tests.gateway_fixtures import (
+    Peer,
     ReplayingDevice,
     Signer,
     cleanup_fixture,  # noqa: F401  (fixture)
@@ -106,6 +107,21 @@ def test_ingest_through_mosquitto(tmp_path, gwdb, cleanup):
         assert (d1["last_seq"], d1["acked_seq"], d1["missing"]) == (43, 43, 0)
         wait_for(lambda: json.loads(cli_invoke("intervals", "--db", db_path, "--device", "dev1", "--json")
                                     .stdout)["count"] >= 2, what="intervals")
+        # the broker restarts: messages the gateway had received but not committed would
+        # be gone from the broker, so on reconnecting it asks every device to resend above
+        # its ack (seen by a persistent session on dev1's command topic)
+        observer = Peer(mosq.port, "dev1", _password(summary, "dev1"), client_id="obs-dev1",
+                        clean=False)
+        assert observer.connect()
+        cleanup.append(observer)
+        observer.subscribe(topic("dev1", "cmd"))
+        mosq.stop()
+        mosq.start()
+        wait_for(lambda: any(t == topic("dev1", "cmd") and json.loads(p).get("from") == 44
+                             for t, p in list(observer.log)), timeout=30,
+                 what="resend from 44 after the broker restart")
+        wait_for(lambda: json.loads(cli_invoke("status", "--db", db_path, "--json").stdout)
+                 ["service"]["connected"], what="gateway reconnected")
         # SIGTERM: a clean stop
         gw.proc.send_signal(signal.SIGTERM)
         assert gw.proc.wait(15) == 0
