@@ -175,16 +175,22 @@ def _wait_command(app, charger_id, action, payload, timeout):
             raise UserError(f"unknown charger {charger_id}")
         cid = store.queue_command(conn, charger_id, action, payload)
     deadline = time.monotonic() + timeout
+    claimed = False
     while True:
         row = store.get_command(conn, cid)
         if row["state"] in ("done", "failed"):
             break
         if time.monotonic() > deadline:
+            if claimed:
+                # taken but never finished: the service stopped or died during the call
+                raise UserError(f"{action} to {charger_id}: the central system took command "
+                                f"{cid} but recorded no answer (did it stop?)")
             with transaction(conn):
                 expired = store.expire_command(conn, cid)
             if expired:
                 raise UserError(f"no central system took the command in {timeout:g} s "
                                 "(is `egs-gw run --ocpp HOST:PORT` running on this database?)")
+            claimed = True  # it is being sent: wait as long as the service waits for the charger
             deadline = time.monotonic() + _settings(app).call_timeout + 5
         time.sleep(0.1)
     if row["state"] == "failed":

@@ -11,7 +11,7 @@ Handlers are the `ocpp` library's v16 ChargePoint with @on routes. Frames and
 payloads are checked here (the library would log and drop a malformed frame),
 so every bad CALL gets the CALLERROR OCPP-J 1.6 §4.2.3 names and the connection
 stays open:
-  not JSON                                         → FormationViolation
+  not JSON, or > MAX_BRACKETS arrays/objects       → FormationViolation
   not [2, id, action, {payload}] / [3, …] / [4, …] → FormationViolation
   MessageTypeId not a number                       → TypeConstraintViolation
   MessageTypeId a number other than 2, 3, 4        → PropertyConstraintViolation
@@ -22,6 +22,7 @@ stays open:
   schema: value outside enum/range, bad timestamp  → PropertyConstraintViolation
   schema: unknown property                         → FormationViolation
   schema: too few/many array items                 → OccurenceConstraintViolation
+  an integer beyond 64 bits (connectorId …)        → PropertyConstraintViolation
   transaction messages from a Pending charger      → SecurityError
 A CALLRESULT or CALLERROR nobody waits for cannot be answered (OCPP-J answers
 only CALLs): it is logged and dropped. A frame whose uniqueId cannot be read is
@@ -82,6 +83,9 @@ SCHEMA_ERRORS = {
     "minItems": OccurenceConstraintViolationError,
     "maxItems": OccurenceConstraintViolationError,
 }
+# a Core frame holds a few dozen JSON arrays/objects; thousands mean hostile nesting, which
+# the C JSON decoder follows down the C stack (a crash where the recursion limit is raised)
+MAX_BRACKETS = 5000
 # OCPP 1.6 meter key announcement (OCA application note on Eichrecht/OCMF)
 METER_CONFIG = ("generalConfiguration", "setMeterConfiguration")
 
@@ -134,9 +138,12 @@ class CSChargePoint(V16ChargePoint):
         if isinstance(raw, bytes):
             return await self._send_error("-1", FormationViolationError(
                 description="OCPP-J frames are text frames, got a binary frame"))
+        if raw.count("[") + raw.count("{") > MAX_BRACKETS:
+            return await self._send_error("-1", FormationViolationError(
+                description=f"message has more than {MAX_BRACKETS} JSON arrays/objects"))
         try:
             frame = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
             return await self._send_error("-1", FormationViolationError(
                 description="message is not valid JSON"))
         if not isinstance(frame, list) or not frame:
@@ -193,6 +200,9 @@ class CSChargePoint(V16ChargePoint):
             raise PropertyConstraintViolationError(description=str(e)[:500]) from None
         except ValueError as e:
             raise PropertyConstraintViolationError(description=str(e)[:500]) from None
+        except ArithmeticError:  # OverflowError: a JSON integer SQLite's 64 bits cannot hold
+            raise PropertyConstraintViolationError(
+                description=f"{action}: a number is out of range (64-bit integer)") from None
         except Exception:
             self.log.exception("%s: %s handler failed", self.id, action)
             raise InternalError(description=f"{action} could not be processed") from None
@@ -270,7 +280,7 @@ class CSChargePoint(V16ChargePoint):
             try:
                 meters = json.loads(data)["meters"]
                 keys = {str(m.get("connectorId", 0)): str(m["publicKey"]) for m in meters}
-            except (TypeError, ValueError, KeyError, AttributeError):
+            except (TypeError, ValueError, KeyError, AttributeError, RecursionError):
                 return call_result.DataTransfer(status="Rejected", data="expected {\"meters\": "
                                                 "[{\"connectorId\", \"publicKey\"}]}")
             await self.db.run(store.record_announced_keys, self.id, keys)
@@ -365,7 +375,8 @@ class CentralSystem:
                 await self.db.run(store.note_pending, charger_id)
             connection.egs_charger = (charger_id, True)
             return None
-        creds = parse_basic(request.headers.get("Authorization"))
+        given = request.headers.get_all("Authorization")  # two of them: no credentials
+        creds = parse_basic(given[0]) if len(given) == 1 else None
         stored = charger["password_hash"]
         ok = False
         if creds is not None and creds[0] == charger_id and stored:
@@ -421,6 +432,11 @@ class CentralSystem:
         try:
             result = await self.call(row["charger_id"], row["action"], json.loads(row["payload"]))
             await self.db.run(store.finish_command, row["id"], result=result)
+        except asyncio.CancelledError:
+            # the service stops (the DB worker still runs): the CLI waiting on it gets an answer
+            await self.db.run(store.abandon_command, row["id"],
+                              "the central system stopped before the charger answered")
+            raise
         except Exception as e:  # noqa: BLE001 — any failure is the command's answer
             if isinstance(e, OCPPError):
                 message = f"{e.code}: {e.description}"

@@ -128,6 +128,11 @@ SCHEMA = [
 ]
 
 CHARGER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-+*@]{0,47}$")
+# SQLite INTEGER: a JSON integer outside it cannot be stored (OverflowError) and is refused
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# a register value with more digits than this is not energy; converting a hostile
+# "1e1000000" to int would cost seconds of CPU per value (and hours for 1e10000000)
+MAX_REGISTER_DIGITS = 18
 SESSION_REASON = "ocpp_session"
 # an idTag in an active transaction younger than this is refused elsewhere (ConcurrentTx);
 # older ones are taken as lost (charger reset without StopTransaction)
@@ -361,6 +366,8 @@ def start_transaction(conn, charger_id, connector_id, id_tag, meter_start, times
         raise StoreError(f"connectorId of a transaction must be >= 1, got {connector_id}")
     if meter_start < 0:
         raise StoreError(f"meterStart must not be negative, got {meter_start}")
+    if not in_int64(meter_start) or not in_int64(connector_id):
+        raise StoreError("meterStart or connectorId is out of range (64-bit integer)")
     start_epoch = parse_time(timestamp)
     row = conn.execute(
         "SELECT id, auth_status FROM ocpp_transactions WHERE charger_id=? AND connector_id=? "
@@ -394,7 +401,13 @@ def start_transaction(conn, charger_id, connector_id, id_tag, meter_start, times
     return cur.lastrowid, id_tag_info(status)
 
 
+def in_int64(value):
+    return isinstance(value, int) and INT64_MIN <= value <= INT64_MAX
+
+
 def get_transaction(conn, transaction_id):
+    if not in_int64(transaction_id):
+        return None  # no row can have this id
     return conn.execute("SELECT * FROM ocpp_transactions WHERE id=?", (transaction_id,)).fetchone()
 
 
@@ -421,13 +434,14 @@ def energy_wh_of(sampled):
         value = Decimal(sampled["value"])
     except (InvalidOperation, KeyError, TypeError):
         return None
-    if not value.is_finite():
+    if not value.is_finite() or value.adjusted() >= MAX_REGISTER_DIGITS:
         return None
     if unit == "kWh":
         value *= 1000
     elif unit != "Wh":
         return None
-    return int(value)  # floor toward zero: a register never bills a fraction of a Wh
+    wh = int(value)  # floor toward zero: a register never bills a fraction of a Wh
+    return wh if in_int64(wh) else None
 
 
 def _verify_signed(value, meter_key, ocmf):
@@ -584,6 +598,12 @@ def stop_transaction(conn, charger_id, transaction_id, meter_stop, timestamp, se
         stop_epoch = parse_time(timestamp)
     except StoreError as e:
         stop_epoch, hold = now(), f"StopTransaction timestamp unreadable ({e})"
+    raw_meter_stop = meter_stop
+    if not in_int64(meter_stop):
+        # kept out of the INTEGER column (it cannot hold it) but never dropped: held for review
+        meter_stop = None
+        hold = "; ".join(filter(None, [
+            hold, f"meterStop {str(raw_meter_stop)[:40]} is out of range (64-bit integer)"]))
     tx = get_transaction(conn, transaction_id)
     if tx is None or tx["charger_id"] != charger_id:
         event(conn, charger_id, "security" if tx is not None else "unknown_transaction",
@@ -598,18 +618,28 @@ def stop_transaction(conn, charger_id, transaction_id, meter_stop, timestamp, se
     if tx["state"] != "active":
         if (tx["meter_stop"], tx["stop_ts"]) != (meter_stop, timestamp):
             event(conn, charger_id, "stop_replay_differs", transaction_id=transaction_id,
-                  first=[tx["meter_stop"], tx["stop_ts"]], now=[meter_stop, timestamp])
+                  first=[tx["meter_stop"], tx["stop_ts"]],
+                  now=[str(raw_meter_stop)[:40] if meter_stop is None else meter_stop, timestamp])
         return info
     if transaction_data:
+        conn.execute("SAVEPOINT ocpp_tx_data")
         try:
             record_meter_values(conn, charger_id, tx["connector_id"], transaction_id,
                                 transaction_data, "StopTransaction", lenient=True)
-        except StoreError as e:
-            hold = f"transactionData unreadable ({e})"
+        except (StoreError, ArithmeticError) as e:  # ArithmeticError: OverflowError …
+            # the stop itself must still be recorded: its values are dropped, the session held
+            conn.execute("ROLLBACK TO ocpp_tx_data")
+            hold = f"transactionData unreadable ({type(e).__name__}: {str(e)[:200]})"
+        conn.execute("RELEASE ocpp_tx_data")
     conn.execute(
         "UPDATE ocpp_transactions SET meter_stop=?, stop_ts=?, stop_epoch=?, stop_reason=?, "
         "stop_id_tag=?, stopped_at=? WHERE id=?",
         (meter_stop, timestamp, stop_epoch, reason, id_tag, now(), transaction_id))
+    if meter_stop is None:
+        conn.execute("UPDATE ocpp_transactions SET state='review', review_reason=? WHERE id=?",
+                     (hold, transaction_id))
+        event(conn, charger_id, "session_review", transaction_id=transaction_id, reasons=[hold])
+        return info
     settle(conn, transaction_id, settings, price_source, hold=hold)
     return info
 
@@ -654,8 +684,11 @@ def settle(conn, transaction_id, settings, price_source, energy_override=None, n
         return "settled"
     if tx["state"] == "void":
         raise StoreError(f"transaction {transaction_id} was voided")
-    if tx["meter_stop"] is None:
+    if tx["stopped_at"] is None:
         raise StoreError(f"transaction {transaction_id} has not stopped")
+    if tx["meter_stop"] is None and energy_override is None:
+        raise StoreError(f"transaction {transaction_id} has no usable meterStop: "
+                         "settle it with the reviewed energy")
     charger = get_charger(conn, tx["charger_id"])
     values = meter_values(conn, transaction_id)
     flags = json.loads(tx["flags"])
@@ -788,6 +821,12 @@ def finish_command(conn, command_id, result=None, error=None):
     conn.execute("UPDATE ocpp_commands SET state=?, result=?, error=?, updated_at=? WHERE id=?",
                  ("failed" if error else "done", json.dumps(result) if result is not None else None,
                   error, now(), command_id))
+
+
+def abandon_command(conn, command_id, error):
+    """A sent command whose answer will never be recorded (the service stops) fails."""
+    conn.execute("UPDATE ocpp_commands SET state='failed', error=?, updated_at=? "
+                 "WHERE id=? AND state='sent'", (error, now(), command_id))
 
 
 def expire_command(conn, command_id):

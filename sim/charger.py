@@ -458,7 +458,10 @@ class SimChargePoint:
     async def _heartbeats(self):
         while True:
             await asyncio.sleep(max(1, int(self.configuration["HeartbeatInterval"]["value"])))
-            await self._cp.call(call.Heartbeat(), suppress=False)
+            try:
+                await self._cp.call(call.Heartbeat(), suppress=False)
+            except (TimeoutError, OCPPError) as e:  # one lost heartbeat does not end them
+                log.info("%s: Heartbeat failed: %s", self.id, e)
 
     async def _flush(self):
         """Send queued transaction messages in order; an answer removes one from the queue."""
@@ -473,6 +476,12 @@ class SimChargePoint:
                     continue
                 try:
                     result = await self._cp.call(payload, suppress=False)
+                except TimeoutError:
+                    # no answer in time, the connection still up: send the same message again
+                    # (the CS answers a retried StartTransaction with the same transactionId)
+                    log.info("%s: %s unanswered in %s s, retrying", self.id, item.action,
+                             self.response_timeout)
+                    continue
                 except OCPPError as e:
                     # OCPP 1.6 §4.8: a CALLERROR to a transaction message is not retried forever
                     log.warning("%s: %s refused: %s", self.id, item.action, e)

@@ -167,3 +167,50 @@ def test_review_release_and_void_from_the_cli(tmp_path):
                                      ok=False)
     assert cli(tmp_path, "session", "void", str(neg), "--note", "meter fault")["state"] == "void"
     assert "not under review" in cli(tmp_path, "session", "void", str(neg), "--note", "x", ok=False)
+
+
+def test_command_in_flight_when_the_service_stops_fails_and_cli_never_hangs(tmp_path):
+    """A command the service took but never finished: recorded as failed, and a CLI waiting
+    on a command stuck as 'sent' (service killed) gives up instead of waiting forever."""
+    import threading
+    import time
+
+    from gateway.db import transaction
+    from ocpp_cs import store
+    from tests.ocpp_fixtures import db, raw_client
+
+    seed(tmp_path / "g.db", chargers=[("CP1", {})])
+
+    async def go():
+        async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
+            conn = db(tmp_path / "g.db")
+            with transaction(conn):
+                cid = store.queue_command(conn, "CP1", "Reset", {"type": "Soft"})
+            frame = json.loads(await asyncio.wait_for(c.ws.recv(), 10))  # never answered
+            assert frame[2] == "Reset"
+            assert store.get_command(conn, cid)["state"] == "sent"
+        return cid
+    cid = run(go())
+    row = db(tmp_path / "g.db").execute("SELECT * FROM ocpp_commands WHERE id=?",
+                                        (cid,)).fetchone()
+    assert row["state"] == "failed" and "stopped" in row["error"]
+
+    # a service that claims the command and dies: nothing will ever finish it
+    (tmp_path / "gw.toml").write_text(f'[ocpp]\nprice_per_kwh = {PRICE}\nenergy_pool = "{POOL}"\n'
+                                      "call_timeout = 1\n")
+    stop = threading.Event()
+
+    def dead_service():
+        conn = db(tmp_path / "g.db")
+        while not stop.is_set():
+            with transaction(conn):
+                store.claim_commands(conn)
+            time.sleep(0.02)
+    t = threading.Thread(target=dead_service)
+    t.start()
+    try:
+        out = cli(tmp_path, "charger", "reset", "--id", "CP1", "--timeout", "0.5", ok=False)
+    finally:
+        stop.set()
+        t.join()
+    assert "recorded no answer" in out

@@ -1,5 +1,6 @@
 """One test per Core message (charger → central system), positive and negative."""
 import json
+import sys
 
 from tests.ocpp_fixtures import (
     DEPOSIT,
@@ -218,6 +219,17 @@ def test_data_transfer(tmp_path):
             assert (await c.ok("DataTransfer", {"vendorId": "generalConfiguration",
                                                 "messageId": "setMeterConfiguration",
                                                 "data": "{not json"}))["status"] == "Rejected"
+            # nested past the decoder's recursion limit (the interpreter's default, as in
+            # `egs-gw`; the test run raises it): Rejected, not an InternalError
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(1000)
+            try:
+                deep = await c.ok("DataTransfer", {"vendorId": "generalConfiguration",
+                                                   "messageId": "setMeterConfiguration",
+                                                   "data": "[" * 3_000 + "]" * 3_000})
+            finally:
+                sys.setrecursionlimit(limit)
+            assert deep["status"] == "Rejected"
             # negative: vendorId missing
             assert await c.error("DataTransfer", {"data": "x"}) == "ProtocolError"
     run(go())

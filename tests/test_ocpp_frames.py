@@ -1,5 +1,6 @@
 """Malformed OCPP-J frames: each gets the CALLERROR the spec names, the connection survives."""
 import json
+import sys
 
 import pytest
 
@@ -64,6 +65,21 @@ def test_binary_frames_stray_results_and_hostile_sizes(tmp_path):
             # deeply nested junk inside a valid action is a schema error, not a crash
             deep = {"idTag": "T1", "junk": [[[[[[[["x"]]]]]]]]}
             assert (await c.error("Authorize", deep)) == "FormationViolation"
+            # hostile nesting (the C decoder would follow it down the C stack): an error,
+            # and the connection lives
+            answer = await c.send_raw("[" * 100_000 + "]" * 100_000)
+            assert answer[:3] == [4, "-1", "FormationViolation"]
+            answer = await c.send_raw('[2, "d1", "Heartbeat", ' + "{" * 6_000)
+            assert answer[:3] == [4, "-1", "FormationViolation"]
+            # nesting within the bracket budget but past the decoder's recursion limit
+            # (the interpreter's default of 1000, as in `egs-gw`; the test run raises it)
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(1000)
+            try:
+                answer = await c.send_raw("[" * 3_000 + "]" * 3_000)
+            finally:
+                sys.setrecursionlimit(limit)
+            assert answer[:3] == [4, "-1", "FormationViolation"]
             # NUL bytes and unicode in an idTag are just an unknown idTag
             res = await c.ok("Authorize", {"idTag": "\u0000\u202eevil"})
             assert res["idTagInfo"]["status"] == "Invalid"

@@ -63,6 +63,10 @@ def test_profile1_refuses_missing_and_wrong_credentials(tmp_path):
             # CP2's valid credentials do not open CP1
             assert await refused(url, basic("CP2", "other-password")) == 401
             assert await refused(url, {"Authorization": "Basic %%%"}) == 401
+            # two Authorization headers (the right one among them): refused, not a 500
+            assert await refused(url, [("Authorization", basic("CP1", PASSWORD)["Authorization"]),
+                                       ("Authorization", basic("CP1", "x")["Authorization"])]) \
+                == 401
             assert await refused(f"{cs.url}/GHOST", basic("GHOST", PASSWORD)) == 404
             assert await refused(f"ws://127.0.0.1:{cs.port}/elsewhere/CP1",
                                  basic("CP1", PASSWORD)) == 404

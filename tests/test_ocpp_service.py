@@ -67,3 +67,29 @@ def test_service_serves_chargers_and_cli_commands(tmp_path, mosquitto):
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "OCPP central system on ws://127.0.0.1" in out
+
+
+def test_egs_sim_charger_serves_evs_that_are_billed(tmp_path):
+    """`egs-sim charger` as a process: EVs arrive, charge at their power and leave; every
+    session reaches the central system and is settled from meterStart..meterStop."""
+    from tests.ocpp_fixtures import DEPOSIT, central, seed
+
+    seed(tmp_path / "g.db", chargers=[("CP1", {})], tags=[("TAG1", EV_ADDR, 200 * DEPOSIT)])
+
+    async def go():
+        async with central(tmp_path / "g.db") as cs:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("EGS_")}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sim.cli", "charger", "--url", cs.url, "--id", "CP1",
+                "--password", PASSWORD, "--connectors", "1", "--id-tag", "TAG1",
+                "--speed", "10000", "--meter-interval", "600", "--ev-every", "600",
+                "--duration", "6", "--seed", "7", cwd=ROOT, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, out.decode()
+    run(go(), timeout=90)
+    rows = db(tmp_path / "g.db").execute(
+        "SELECT state, energy_wh, review_reason FROM ocpp_transactions ORDER BY id").fetchall()
+    settled = [r for r in rows if r["state"] == "settled"]
+    assert settled and all(r["energy_wh"] > 0 for r in settled), [tuple(r) for r in rows]
+    assert not [r for r in rows if r["state"] == "review"], [tuple(r) for r in rows]
