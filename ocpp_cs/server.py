@@ -86,6 +86,36 @@ SCHEMA_ERRORS = {
 # a Core frame holds a few dozen JSON arrays/objects; thousands mean hostile nesting, which
 # the C JSON decoder follows down the C stack (a crash where the recursion limit is raised)
 MAX_BRACKETS = 5000
+# Unauthenticated clients must not grow the database without bound: at most this many
+# unknown chargers wait as Pending, and a refused handshake is written as a security event
+# at most once per REFUSAL_PERIOD_S for each (remote host, reason), with the number of
+# refusals since the last one written.
+MAX_PENDING = 100
+REFUSAL_PERIOD_S = 60.0
+
+
+class RefusalLog:
+    """Which refused handshakes to write as security events (the rest are counted)."""
+
+    MAX_KEYS = 10_000           # remote hosts remembered; then forgotten all at once
+
+    def __init__(self, period_s=REFUSAL_PERIOD_S):
+        self.period_s = period_s
+        self.last = {}          # (host, reason) -> [written at, refusals not written since]
+
+    def admit(self, host, reason, now):
+        """None to skip writing this refusal, else the number skipped since the last one."""
+        key = (host, reason)
+        entry = self.last.get(key)
+        if entry is not None and now - entry[0] < self.period_s:
+            entry[1] += 1
+            return None
+        if entry is None and len(self.last) >= self.MAX_KEYS:
+            self.last.clear()
+        self.last[key] = [now, 0]
+        return entry[1] if entry is not None else 0
+
+
 # OCPP 1.6 meter key announcement (OCA application note on Eichrecht/OCMF)
 METER_CONFIG = ("generalConfiguration", "setMeterConfiguration")
 
@@ -305,6 +335,7 @@ class CentralSystem:
         self.connector_status = {}
         self.seen = {}
         self.cache = VerifiedCache()
+        self.refusals = RefusalLog()
         self.server = None
         self.port = None
         self._tasks = set()
@@ -367,11 +398,13 @@ class CentralSystem:
         charger = await self.db.run(store.get_charger, charger_id)
         if charger is None or charger["status"] == "pending":
             if not self.settings.allow_unknown_pending:
-                self.log.warning("refused unknown charger %s from %s", charger_id, remote)
-                await self.db.run(store.event, charger_id, "security",
-                                  what="unknown charger refused", remote=str(remote))
+                await self._refused(charger_id, remote, "unknown charger refused")
                 return connection.respond(404, "unknown charger\n")
             if charger is None:
+                if await self.db.run(store.count_pending) >= MAX_PENDING:
+                    await self._refused(charger_id, remote,
+                                        f"unknown charger refused: {MAX_PENDING} already pending")
+                    return connection.respond(503, "too many pending chargers\n")
                 await self.db.run(store.note_pending, charger_id)
             connection.egs_charger = (charger_id, True)
             return None
@@ -388,14 +421,22 @@ class CentralSystem:
                     self.cache.remember(charger_id, stored, creds[1])
         if not ok:
             why = "no credentials" if creds is None else "wrong user or password"
-            self.log.warning("refused charger %s from %s: %s", charger_id, remote, why)
-            await self.db.run(store.event, charger_id, "security",
-                              what=f"authentication failed: {why}", remote=str(remote))
+            await self._refused(charger_id, remote, f"authentication failed: {why}")
             response = connection.respond(401, "authentication required\n")
             response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
             return response
         connection.egs_charger = (charger_id, False)
         return None
+
+    async def _refused(self, charger_id, remote, what):
+        host = remote[0] if isinstance(remote, tuple) and remote else str(remote)
+        skipped = self.refusals.admit(host, what, time.monotonic())
+        if skipped is None:
+            return
+        self.log.warning("refused charger %s from %s: %s%s", charger_id, remote, what,
+                         f" ({skipped} more refusals not logged)" if skipped else "")
+        await self.db.run(store.event, charger_id, "security", what=what, remote=str(remote),
+                          **({"refusals_not_logged": skipped} if skipped else {}))
 
     async def _handler(self, connection):
         charger_id, pending = connection.egs_charger

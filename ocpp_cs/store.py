@@ -231,6 +231,10 @@ def note_pending(conn, charger_id):
                  "ON CONFLICT(id) DO NOTHING", (charger_id,))
 
 
+def count_pending(conn):
+    return conn.execute("SELECT COUNT(*) FROM ocpp_chargers WHERE status='pending'").fetchone()[0]
+
+
 def get_charger(conn, charger_id):
     return conn.execute("SELECT * FROM ocpp_chargers WHERE id=?", (charger_id,)).fetchone()
 

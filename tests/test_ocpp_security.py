@@ -1,6 +1,7 @@
 """Security profiles 1 (Basic auth) and 2 (TLS + Basic), unknown chargers, reconnects."""
 import asyncio
 import datetime
+import json
 import ssl
 
 import pytest
@@ -80,9 +81,54 @@ def test_profile1_refuses_missing_and_wrong_credentials(tmp_path):
                     assert c.ws.subprotocol == "ocpp1.6"
                     assert (await c.ok("Heartbeat", {}))["currentTime"]
     run(go())
-    events = db(tmp_path / "g.db").execute(
-        "SELECT COUNT(*) FROM ocpp_events WHERE kind='security'").fetchone()[0]
-    assert events >= 5
+    whats = {json.loads(r[0])["what"] for r in db(tmp_path / "g.db").execute(
+        "SELECT detail FROM ocpp_events WHERE kind='security'")}
+    assert whats == {"authentication failed: no credentials",
+                     "authentication failed: wrong user or password", "unknown charger refused"}
+
+
+def test_refused_handshakes_cannot_flood_the_database(tmp_path):
+    """An unauthenticated client can be refused any number of times: each reason from one
+    host is written at most once per period, with the count of refusals not written."""
+    seed(tmp_path / "g.db", chargers=[("CP1", {})])
+
+    async def go():
+        async with central(tmp_path / "g.db") as cs:
+            cs.refusals.period_s = 1.0
+            for i in range(60):
+                assert await refused(f"{cs.url}/CP1", basic("CP1", f"guess-{i}")) == 401
+                assert await refused(f"{cs.url}/GHOST{i}") == 404
+            await asyncio.sleep(1.1)
+            assert await refused(f"{cs.url}/CP1", basic("CP1", "one-more")) == 401
+            # the right password still gets in
+            async with raw_client(cs) as c:
+                assert (await c.ok("Heartbeat", {}))["currentTime"]
+    run(go())
+    rows = [json.loads(r[0]) for r in db(tmp_path / "g.db").execute(
+        "SELECT detail FROM ocpp_events WHERE kind='security' ORDER BY id")]
+    wrong = [r for r in rows if r["what"] == "authentication failed: wrong user or password"]
+    assert len(wrong) == 2 and wrong[1]["refusals_not_logged"] == 59
+    assert len([r for r in rows if r["what"] == "unknown charger refused"]) == 1
+    assert len(rows) == 3
+
+
+def test_pending_chargers_are_capped(tmp_path, monkeypatch):
+    from ocpp_cs import server
+    monkeypatch.setattr(server, "MAX_PENDING", 3)
+    seed(tmp_path / "g.db")
+
+    async def go():
+        async with central(tmp_path / "g.db", allow_unknown_pending=True) as cs:
+            for i in range(3):
+                async with raw_client(cs, f"NEW{i}", password=None) as c:
+                    assert (await c.ok("Heartbeat", {}))["currentTime"]
+            assert await refused(f"{cs.url}/NEW9") == 503
+            # one already pending may still come back
+            async with raw_client(cs, "NEW1", password=None) as c:
+                assert (await c.ok("Heartbeat", {}))["currentTime"]
+    run(go())
+    conn = db(tmp_path / "g.db")
+    assert store.count_pending(conn) == 3 and store.get_charger(conn, "NEW9") is None
 
 
 def test_unknown_charger_pending_until_registered(tmp_path):
