@@ -115,9 +115,9 @@ class App:
         self.ota_job = None
 
     def _last_body(self):
-        # the newest record, for the meter serial it was signed with
-        last = self.log.last_seq
-        rec = self.log.next_after(last - 1) if last is not None else None
+        # the newest record, for the meter serial it was signed with; acknowledged or not
+        # (usually it is, and without its serial the decrease check would skip a reboot)
+        rec = self.log.newest()
         return rec[1] if rec else None
 
     # ------------------------------------------------------------------ reading
@@ -326,8 +326,10 @@ class App:
                                                      self.cfg["broker"]["port"]))
         c.poll()
         try:
-            if c.connected and (self.status_dirty or
-                                self.hal.ticks_diff(now, self.status_due) >= 0):
+            # the status waits for a free slot: publishing into a full window raises,
+            # which would drop the link in the middle of a backlog replay
+            if c.connected and c.can_publish() and (
+                    self.status_dirty or self.hal.ticks_diff(now, self.status_due) >= 0):
                 c.publish(self.t_status, json.dumps(self.status()), 1, True)
                 self.status_dirty = False
                 self.status_due = self.hal.ticks_add(now, self.status_ms)

@@ -108,7 +108,7 @@ def validate(cfg):
     _num(m["keepalive_s"], "mqtt.keepalive_s", 2, 3600)
     _num(m["backoff_max_s"], "mqtt.backoff_max_s", 0.1, 3600, integer=False)
     mt = c["meter"]
-    if mt["model"] not in meters.MODELS:
+    if not isinstance(mt["model"], str) or mt["model"] not in meters.MODELS:
         raise ConfigError("meter.model must be one of %s" % ", ".join(sorted(meters.MODELS)))
     _num(mt["unit"], "meter.unit", 1, 247)
     if mt["baud"] not in BAUDS:
@@ -129,6 +129,9 @@ def validate(cfg):
     _num(c["ota_trial_s"], "ota_trial_s", 1, 86400, integer=False)
     _num(c["log"]["max_bytes"], "log.max_bytes", 4096, 64 * 1024 * 1024)
     _num(c["log"]["segments"], "log.segments", 2, 256)
+    if c["log"]["max_bytes"] // c["log"]["segments"] < 256:
+        # the flash log refuses it at boot, which would reboot the device forever
+        raise ConfigError("log.max_bytes / log.segments must be at least 256 bytes")
     _num(c["watchdog_ms"], "watchdog_ms", 0, 600000)
     return c
 

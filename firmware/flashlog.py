@@ -251,6 +251,24 @@ class FlashLog:
             self._cursor = None
         return None
 
+    def newest(self):
+        """(seq, body) of the newest record, acknowledged or not, or None."""
+        for s in reversed(self._segs):
+            if s.last is None:
+                continue
+            f = self._open_seg(s)
+            if f is None:
+                return None
+            rec = None
+            with f:
+                while f.tell() < s.end:
+                    got = self._read(f)
+                    if got is None:
+                        break
+                    rec = got
+            return (rec[0], rec[3]) if rec else None
+        return None
+
     def records(self):
         """Every valid record, oldest first: [(seq, import_wh, export_wh, body)]. For tools."""
         out = []
@@ -282,9 +300,23 @@ class FlashLog:
             self._segs.append(seg)
         while self.bytes_used() + n > self.max_bytes and len(self._segs) > 1:
             self._drop_oldest()
-        with open(self._file(seg.number), "ab") as f:
-            f.write(header + body)
-            f.flush()
+        path = self._file(seg.number)
+        try:
+            with open(path, "ab") as f:
+                done = f.write(header + body)
+                f.flush()
+            if done is not None and done != n:
+                raise OSError(28, "flash log: %d of %d bytes written" % (done, n))
+        except OSError:
+            # Cut short (flash full, I/O error): part of the record may sit at the end
+            # of the segment. Seal it, so no later record is written behind the fragment,
+            # where a reader stops (the record would be lost and its number reused).
+            seg.sealed = True
+            try:
+                seg.size = _size(path)
+            except OSError:
+                pass
+            raise
         seg.size += n
         seg.took(seq, (import_wh, export_wh), n)
         self.last_seq = seq

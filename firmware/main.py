@@ -112,6 +112,7 @@ def boot(hal):
     if cfg is not None and secret is None:
         from protocol import p256
 
+        hal.entropy_ready()     # the ESP32's RNG is truly random only with the radio on
         secret = p256.generate_secret()
         hal.store_key(secret)
         hal.log("generated a new device key")

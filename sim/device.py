@@ -46,6 +46,8 @@ def build_config(base=None, *, meter=None, meter_model=None, meter_unit=None, br
     from firmware import config
 
     cfg = json.loads(json.dumps(base or {}))
+    if not isinstance(cfg, dict):
+        raise config.ConfigError("the configuration must be a JSON object")
 
     def put(section, key, value):
         if value is None:
@@ -359,6 +361,8 @@ def command(config_file, meter, meter_model, meter_unit, broker, community, devi
             base = json.loads(Path(config_file).read_text())
         except (OSError, ValueError) as e:
             raise click.UsageError(f"cannot read --config {config_file}: {e}") from None
+        if not isinstance(base, dict):
+            raise click.UsageError(f"--config {config_file} must hold a JSON object")
     if state_dir is None:
         name = device_id or base.get("device_id")
         if not name:
@@ -369,6 +373,8 @@ def command(config_file, meter, meter_model, meter_unit, broker, community, devi
         try:
             base = json.loads(existing.read_text())
         except ValueError:
+            base = {}
+        if not isinstance(base, dict):
             base = {}
     try:
         cfg = build_config(base, meter=meter, meter_model=meter_model, meter_unit=meter_unit,

@@ -64,6 +64,11 @@ def test_example_validates_and_documents_every_key():
     ({"wifi": {"ssid": "x" * 33}}, "wifi.ssid"),
     ({"wifi": {"password": "a\nb"}}, "control character"),
     ({"log": {"max_bytes": 100}}, "log.max_bytes"),
+    # the flash log refuses segments under 256 bytes at boot: a device rebooting forever
+    ({"log": {"max_bytes": 4096, "segments": 17}}, "log.max_bytes / log.segments"),
+    # unhashable values where a name is looked up (TypeError under CPython before)
+    ({"meter": {"model": []}}, "meter.model"),
+    ({"meter": {"model": {"vendor": "x"}}}, "meter.model"),
 ])
 def test_bad_configurations_name_the_key(change, reason):
     base = {"device_id": "d1", "community": "c1"}
@@ -105,6 +110,26 @@ def test_egs_sim_device_rejects_bad_options(tmp_path):
     assert res.returncode == 2 and "HOST:PORT" in res.stderr
     res = _egs_sim("device", "--config", tmp_path / "missing.json", "--state-dir", tmp_path)
     assert res.returncode == 2 and "cannot read" in res.stderr
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    res = _egs_sim("device", "--config", listed, "--state-dir", tmp_path / "s")
+    assert res.returncode == 2 and "JSON object" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    listed.write_text(json.dumps({"device_id": "d1", "community": "c1",
+                                  "meter": {"model": ["sdm630"]}}))
+    res = _egs_sim("device", "--config", listed, "--state-dir", tmp_path / "s")
+    assert res.returncode == 2 and "meter.model" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_the_smallest_accepted_log_opens(tmp_path):
+    from firmware.flashlog import FlashLog
+
+    cfg = config.validate({"device_id": "d1", "community": "c1",
+                           "log": {"max_bytes": 4096, "segments": 16}})
+    log = FlashLog(str(tmp_path / "log"), cfg["log"]["max_bytes"], cfg["log"]["segments"])
+    log.append(1, 10, 0, b"OCMF|" + b"x" * 470)
+    assert log.last_seq == 1
 
 
 def test_egs_sim_device_options_override_the_file(tmp_path, mosquitto, meter, subscriber):

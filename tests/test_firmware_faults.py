@@ -82,3 +82,24 @@ def test_faults_are_counted_reported_and_never_signed(mosquitto, meter, subscrib
         assert rec.import_wh in (f32_words_to_wh(meter.registers("import_wh")), good), rec.import_wh
     assert values == sorted(values), "signed registers never go backwards"
     assert subscriber.seqs("f1") == list(range(1, final["seq"] + 1))
+
+
+def test_a_decrease_while_the_device_was_off_is_not_signed(mosquitto, meter, subscriber,
+                                                           device_factory):
+    """After a reboot the last signed registers are the baseline, also when the gateway
+    had acknowledged every record (the normal case): the check used to find the meter
+    serial of the newest record only among unacknowledged ones, took "no serial" for
+    "another meter", and signed a register that had gone backwards."""
+    dev = device_factory(device_config("f2", mosquitto.port, meter.port, interval_s=0.2))
+    wait_for(lambda: subscriber.contiguous("f2") >= 2, what="good readings first")
+    meter.set_fault("timeout")                      # no more readings: let the acks settle
+    st = wait_status(dev, lambda s: s["seq"] >= 2 and s["acked"] == s["seq"]
+                     and s["faults"].get("timeout", 0) > 0, "everything acknowledged")
+    dev.kill()
+    good = f32_words_to_wh(meter.registers("import_wh"))
+    meter.clear_fault()
+    meter.set_energy(import_wh=good - 5000)         # wound back while the device was off
+    dev.start()
+    after = _fault_phase(dev, "decrease", 0)
+    assert after["seq"] == st["seq"], "a decreased register was signed after the reboot"
+    assert "import_wh" in after["meter_fault"]["detail"]

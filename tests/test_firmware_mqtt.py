@@ -8,6 +8,7 @@
 """
 import json
 import os
+import signal
 import subprocess
 import textwrap
 import time
@@ -153,3 +154,67 @@ def test_username_password_accepted_or_refused(tmp_path):
             assert out["connected"] and "refused" not in out, out
         finally:
             col.close()
+
+
+APP_WINDOW_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from firmware import config
+    from firmware.app import App, MAX_INFLIGHT
+    from firmware.hal.unix import Hal
+
+    hal = Hal(sys.argv[2])
+    cfg = config.validate({"device_id": "win1", "community": "c1",
+                           "broker": {"host": "127.0.0.1", "port": int(sys.argv[1])},
+                           "mqtt": {"keepalive_s": 60}})
+    app = App(hal, cfg, bytes(range(1, 33)))
+    for _ in range(40):                      # connected, birth status PUBACKed
+        app.network()
+        if app.mqtt.connected and not app.mqtt.inflight and not app.status_dirty:
+            break
+        app.mqtt.wait(50)
+    print(json.dumps({"ready": app.mqtt.connected}))
+    sys.stdin.readline()                     # the broker is frozen now: no PUBACK comes
+    body = b"OCMF|" + b"x" * 300
+    for _ in range(2 * MAX_INFLIGHT):
+        seq = app.seq.claim()
+        app.log.append(seq, 1000 + seq, 0, body)
+        app.seq.used(seq)
+    app.network()                            # the backlog fills the window
+    full = len(app.mqtt.inflight)
+    app.status_dirty = True                  # e.g. a meter fault starts
+    app.network()
+    print(json.dumps({"full": full, "connected": app.mqtt.connected,
+                      "error": app.mqtt.last_error, "dirty": app.status_dirty}))
+""")
+
+
+def test_status_waits_for_a_full_window_instead_of_dropping_the_link(tmp_path):
+    """A status change while the backlog fills the in-flight window (broker slow to
+    PUBACK) must wait for a free slot, not raise and drop the connection mid-replay."""
+    script = tmp_path / "window.py"
+    script.write_text(APP_WINDOW_SCRIPT)
+    env = dict(os.environ, MICROPYPATH=f".frozen:{ROOT}")
+    (tmp_path / "broker").mkdir()
+    with Mosquitto(tmp_path / "broker") as broker:
+        proc = subprocess.Popen(
+            [micropython(), "-X", "heapsize=256K", str(script), str(broker.port),
+             str(tmp_path / "state")], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stopped = False
+        try:
+            assert json.loads(proc.stdout.readline()) == {"ready": True}, proc.stderr.read()
+            os.kill(broker.proc.pid, signal.SIGSTOP)
+            stopped = True
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            out = json.loads(line)
+        finally:
+            if stopped:
+                os.kill(broker.proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait(10)
+    assert out["full"] == 8, out
+    assert out["connected"], f"the link was dropped: {out['error']}"
+    assert out["dirty"], "the status is still to be sent once a slot frees"

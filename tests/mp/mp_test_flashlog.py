@@ -87,6 +87,17 @@ def test_append_replay_ack_and_reopen():
     assert [r[0] for r in log.records()] == [1, 2, 3, 4, 5]
 
 
+def test_newest_record_is_known_after_everything_is_acknowledged():
+    path = fresh_dir()
+    log = FlashLog(path, 16 * 1024, 4)
+    assert log.newest() is None
+    fill(log, 1, 20)                  # several segments
+    assert log.newest() == (20, body(20))
+    assert log.ack(20) and log.next_after(19) is None
+    log = FlashLog(path, 16 * 1024, 4)
+    assert log.newest() == (20, body(20)), "the app reads the meter serial from it"
+
+
 def test_sequence_must_grow():
     log = FlashLog(fresh_dir())
     fill(log, 1, 2)
