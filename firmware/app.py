@@ -307,6 +307,7 @@ class App:
                 self.probe_meter()
             try:
                 self.hal.network_up(self.cfg)
+                self.hal.feed_watchdog()     # Wi-Fi and NTP may have taken a while
                 c.connect()
                 c.subscribe(self.t_ack, 1)
                 c.subscribe(self.t_cmd, 1)

@@ -140,11 +140,15 @@ class Hal:
     def connect_tcp(self, host, port, tls=False, ca="", timeout_ms=5000):
         import socket
 
+        # DNS, TCP, TLS and then the CONNACK wait each block: the watchdog is fed between
+        # them so that their sum cannot reach watchdog_ms while each stays within it
         addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+        self.feed_watchdog()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout_ms / 1000)
             sock.connect(addr)
+            self.feed_watchdog()
             if tls:
                 import ssl
 
@@ -155,7 +159,9 @@ class Hal:
                     ctx.verify_mode = ssl.CERT_REQUIRED
                 else:
                     ctx.verify_mode = ssl.CERT_NONE
-                return ctx.wrap_socket(sock, server_hostname=host)
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+                self.feed_watchdog()
+                return sock
         except Exception:
             sock.close()
             raise
