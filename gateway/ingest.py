@@ -30,6 +30,7 @@ feeds it from MQTT and publishes what it returns.
 import json
 import logging
 import re
+import sqlite3
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -60,6 +61,7 @@ REASONS = {
     "replayed_sequence": "sequence number below the device's stored baseline",
     "register_decreased": "cumulative register lower than an earlier reading of the same meter",
     "implausible_time": "reading time before ingest.min_time or too far in the future",
+    "internal_error": "the gateway failed to store this message (a defect: see its log)",
 }
 
 log = logging.getLogger("egs.gateway.ingest")
@@ -212,6 +214,15 @@ class Outcome:
     def reject(self, reason):
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
+    def merge(self, other):
+        """Add a later Outcome of the same service round (its acks are the newer)."""
+        self.acks.update(other.acks)
+        self.resend.update(other.resend)
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        for reason, n in other.rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + n
+
 
 class _Device:
     __slots__ = (
@@ -338,12 +349,41 @@ class IngestCore:
                     self._chase_gap(device_id, out, now)
                 for device_id, min_time in touched.items():
                     self._finish_device(device_id, min_time, now)
-        except Exception:
+        except sqlite3.OperationalError:
+            # the store (locked, disk full, I/O), not a message: everything is replayed later
             log.exception("ingest batch of %d messages rolled back; devices will replay", len(messages))
             self.reload()
             return Outcome()
+        except Exception as e:
+            # A message this code cannot store would fail its whole batch again on every
+            # replay, holding up every device in it: store the batch message by message,
+            # and quarantine the one that fails (its device's gap is then chased, and
+            # given up after ingest.gap_give_up requests, like a lost record).
+            self.reload()
+            if len(messages) == 1:
+                return self._poisoned(messages[0], e)
+            log.exception("ingest batch of %d messages failed; storing them one by one",
+                          len(messages))
+            out = Outcome()
+            for m in messages:
+                out.merge(self.commit([m], results))
+            return out
         for device_id in touched:
             out.acks[device_id] = self.devices[device_id].acked_seq
+        return out
+
+    def _poisoned(self, m, error):
+        log.error("cannot store a message from %s: %r", m.device or m.topic, error,
+                  exc_info=error)
+        out = Outcome()
+        try:
+            with transaction(self.conn):
+                self._reject(m, out, "internal_error", f"{type(error).__name__}: {error}"[:500],
+                             seq=None)
+        except Exception:  # not even quarantined: the device replays it later
+            log.exception("cannot quarantine it either")
+            self.reload()
+            return Outcome()
         return out
 
     def _chase_gap(self, device_id, out, now):

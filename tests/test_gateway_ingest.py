@@ -369,3 +369,40 @@ def test_fast_path_refuses_near_misses():
         mutated = raw[:i] + chr(rng.randrange(32, 127)) + raw[i + 1:]
         if mutated != raw:
             assert ingest.verify_one(mutated.encode(), s.pub)[0] == "reject", mutated
+
+
+def test_a_message_the_gateway_cannot_store_does_not_hold_up_the_others(gwdb, monkeypatch):
+    """A defect that makes one record fail to store (simulated: _accept raises for it)
+    must not roll back the good records of its batch on every replay. The batch is stored
+    message by message, the bad one quarantined as internal_error, and its sequence is
+    chased like a lost record until the device is told to move on."""
+    a, b = Signer("dev1"), Signer("dev2")
+    a.register(gwdb)
+    b.register(gwdb)
+    clock = [NOW]
+    core = IngestCore(gwdb, COMMUNITY, {"resend_cooldown_s": 10, "gap_give_up": 2},
+                      clock=lambda: clock[0])
+    poison = a.record(2, 20, 0, T0 + 60)
+    real_accept = IngestCore._accept
+
+    def accept(self, m, res, out, touched, now):
+        if m.payload == poison.encode():
+            raise KeyError("a defect in the gateway")
+        return real_accept(self, m, res, out, touched, now)
+
+    monkeypatch.setattr(IngestCore, "_accept", accept)
+    out = feed(core, [(topic("dev1"), a.record(1, 10, 0, T0)), (topic("dev1"), poison),
+                      (topic("dev2"), b.record(1, 5, 0, T0)), (topic("dev1"), a.record(3, 30, 0, T0 + 120))])
+    assert out.accepted == 3 and out.rejected == {"internal_error": 1}
+    assert out.acks == {"dev1": 1, "dev2": 1} and out.resend == {"dev1": 2}
+    q = store.quarantined(gwdb)
+    assert [(r["reason"], r["device_id"]) for r in q] == [("internal_error", "dev1")]
+    assert "KeyError" in q[0]["detail"]
+    # the device replays it each time it is asked; after gap_give_up requests the gateway
+    # records it as lost and acknowledges past it, so the device's log drains
+    for _ in range(3):
+        clock[0] += 11
+        out = feed(core, [(topic("dev1"), poison), (topic("dev1"), a.record(4, 40, 0, T0 + 180))])
+    assert out.acks == {"dev1": 4}
+    assert [(g["from_seq"], g["to_seq"]) for g in store.gaps(gwdb, "dev1") if g["lost"]] == [(2, 2)]
+    assert len(store.quarantined(gwdb)) == 1          # the same message, counted again
