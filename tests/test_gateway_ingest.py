@@ -239,17 +239,24 @@ def test_unsynchronised_time_is_kept_but_flagged(gwdb):
 
 
 def test_ack_only_after_commit(gwdb):
-    """A batch whose commit fails acknowledges nothing and stores nothing."""
+    """A batch the store cannot write (here: read-only) acknowledges and stores nothing;
+    one record the store refuses (a constraint) leaves the rest of the batch stored."""
     s = Signer()
     s.register(gwdb)
     core = make_core(gwdb)
-    gwdb.execute("CREATE TRIGGER refuse BEFORE INSERT ON readings WHEN NEW.seq = 3 "
-                 "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-    out = feed(core, [(topic("dev1"), s.record(i, i, 0, T0 + i)) for i in (1, 2, 3)])
+    records = [(topic("dev1"), s.record(i, i, 0, T0 + i)) for i in (1, 2, 3)]
+    gwdb.execute("PRAGMA query_only = ON")
+    out = feed(core, records)
     assert out.acks == {} and out.accepted == 0
-    assert store.count_readings(gwdb) == 0
+    gwdb.execute("PRAGMA query_only = OFF")
+    assert store.count_readings(gwdb) == 0 and store.quarantined(gwdb) == []
+    gwdb.execute("CREATE TRIGGER refuse BEFORE INSERT ON readings WHEN NEW.seq = 3 "
+                 "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    out = feed(core, records)
+    assert out.acks == {"dev1": 2} and store.count_readings(gwdb) == 2
+    assert reasons(gwdb) == ["internal_error"]
     gwdb.execute("DROP TRIGGER refuse")
-    out = feed(core, [(topic("dev1"), s.record(i, i, 0, T0 + i)) for i in (1, 2, 3)])
+    out = feed(core, records)
     assert out.acks == {"dev1": 3} and store.count_readings(gwdb) == 3
 
 
