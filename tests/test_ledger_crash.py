@@ -87,3 +87,51 @@ def test_killed_anywhere_every_settlement_applies_exactly_once(ledger_env, fault
     assert report["differences"] == [] and report["applied"] == len(intents)
     total = sum(90 * INTERVALS * (i + 1) - 11 * INTERVALS * (i % 3) for i in range(ACCOUNTS))
     assert int(report["watt_supply"]) == total
+
+
+def test_a_transaction_priced_out_before_broadcast_is_replaced_with_its_nonce(ledger_env):
+    """Signed and stored, then the base fee rose above its maxFeePerGas before it went
+    out (killed after signing; the chain's fees jump meanwhile). On restart the node
+    refuses it as underpriced: it is re-signed with the SAME nonce and higher fees, the
+    old one is kept as 'replaced', and every settlement still applies exactly once."""
+    env = ledger_env
+    conn = prepare(env)
+    chain = env.chain()
+    nonce0 = chain.nonce(env.dep["gateway"])
+    assert run(env, "after_sign").returncode == -9
+    (old,) = txs(conn)
+    from gateway.ledger.worker import decode_raw
+    old_fee = decode_raw(old["raw_tx"])["maxFeePerGas"]
+    rpc = chain.w3.provider.make_request
+    rpc("anvil_setNextBlockBaseFeePerGas", [hex(old_fee * 20)])
+    rpc("evm_mine", [])
+    assert chain.w3.eth.get_block("latest")["baseFeePerGas"] > old_fee
+    restarted = run(env)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    after = txs(conn)
+    assert after[0]["id"] == old["id"] and after[0]["state"] == "replaced"
+    assert "underpriced" in after[0]["error"]
+    replacement = next(t for t in after[1:] if t["outbox_id"] == old["outbox_id"])
+    assert replacement["nonce"] == old["nonce"] == nonce0 and replacement["state"] == "confirmed"
+    assert decode_raw(replacement["raw_tx"])["maxFeePerGas"] > old_fee * 20
+    intents = [dict(r) for r in conn.execute("SELECT * FROM ledger_outbox ORDER BY id")]
+    assert {i["state"] for i in intents} == {"confirmed"}
+    assert {t["state"] for t in after[1:]} == {"confirmed"}
+    counts = applied_counts(chain)
+    assert [counts.get(i["settlement_id"]) for i in intents] == [1] * len(intents)
+    rec = env.cli("ledger", "reconcile", "--json", "--config", env.config_path)
+    assert rec.returncode == 0, rec.stdout + rec.stderr
+    assert json.loads(rec.stdout)["differences"] == []
+
+
+def test_replacement_fees_step_above_the_old_ones_within_the_cap():
+    from gateway.ledger.worker import bumped_fees, fees_rose
+    old = {"maxFeePerGas": 100, "maxPriorityFeePerGas": 8}
+    # the going fees are lower: still 12.5 % above the old ones, or a node refuses it
+    assert bumped_fees(old, {"maxFeePerGas": 50, "maxPriorityFeePerGas": 1, "type": 2}, 10**6) \
+        == {"maxFeePerGas": 113, "maxPriorityFeePerGas": 9, "type": 2}
+    assert bumped_fees(old, {"maxFeePerGas": 400, "maxPriorityFeePerGas": 20, "type": 2}, 10**6) \
+        == {"maxFeePerGas": 400, "maxPriorityFeePerGas": 20, "type": 2}
+    assert bumped_fees(old, {"maxFeePerGas": 400, "maxPriorityFeePerGas": 20}, 112) is None
+    assert bumped_fees({"gasPrice": 80}, {"gasPrice": 50}, 10**6) == {"gasPrice": 90}
+    assert not fees_rose(old, {"maxFeePerGas": 112}) and fees_rose(old, {"maxFeePerGas": 113})

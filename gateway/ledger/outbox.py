@@ -39,7 +39,7 @@ from eth_utils import keccak
 from gateway.db import ensure_schema, transaction
 
 KINDS = ("interval", "session", "trades", "storage", "withdraw")
-VERSION = 2
+VERSION = 3  # 3: transactions may be 'replaced' (re-priced with the same nonce)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ledger_outbox (
@@ -69,9 +69,11 @@ SCHEMA = [
         sent_at REAL,
         confirmed_at REAL
     )""",
-    # Never two live transactions with the same nonce from one sender.
-    """CREATE UNIQUE INDEX IF NOT EXISTS ledger_txs_nonce ON ledger_txs(sender, nonce)
-        WHERE state NOT IN ('dropped', 'reverted')""",
+    # Never two live transactions with the same nonce from one sender (a re-priced
+    # transaction is 'replaced' by one with its nonce; version 1 stores had ledger_txs_nonce
+    # without 'replaced', dropped in init).
+    """CREATE UNIQUE INDEX IF NOT EXISTS ledger_txs_live_nonce ON ledger_txs(sender, nonce)
+        WHERE state NOT IN ('dropped', 'reverted', 'replaced')""",
     "CREATE INDEX IF NOT EXISTS ledger_txs_outbox ON ledger_txs(outbox_id)",
     "CREATE INDEX IF NOT EXISTS ledger_txs_state ON ledger_txs(state, nonce)",
 ]
@@ -98,6 +100,7 @@ def init(conn):
         for name, decl in _V2_COLUMNS.items():
             if name not in have:
                 conn.execute(f"ALTER TABLE ledger_outbox ADD COLUMN {name} {decl}")
+        conn.execute("DROP INDEX IF EXISTS ledger_txs_nonce")   # version 2's, without 'replaced'
 
 
 def settlement_id(*parts):

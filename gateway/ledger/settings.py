@@ -32,6 +32,7 @@ section("ledger", {
     "max_in_flight": (int, 8),
     "max_tx_gas": (int, 16_000_000),
     "max_fee_gwei": (float, 500.0),
+    "reprice_after_s": (float, 300.0),
     # Storage commission, in EEA base units per kWh stored, per 15-minute interval.
     "commission_rate": (int, 0),
     "education_pool": (str, ""),
@@ -74,6 +75,7 @@ class Settings:
         self.max_in_flight = _at_least("ledger.max_in_flight", led["max_in_flight"], 1)
         self.max_tx_gas = _at_least("ledger.max_tx_gas", led["max_tx_gas"], 100_000)
         self.max_fee_wei = int(led["max_fee_gwei"] * 10**9)
+        self.reprice_after_s = _at_least("ledger.reprice_after_s", led["reprice_after_s"], 0)
         self.commission_rate = _at_least("ledger.commission_rate", led["commission_rate"], 0)
         try:
             self.education_pool = normalize_address(led["education_pool"]) if led["education_pool"] else None

@@ -13,6 +13,13 @@ Exactly once, across crashes:
    second transaction still met an applied id, it would revert on chain.
 4. A transaction counts once `confirmations` blocks are on top of the block
    holding it and that block is still the canonical one.
+5. Fees change: a transaction the node refuses as underpriced (the base fee rose
+   above its maxFeePerGas between signing and broadcast), or one the node has held
+   unmined for `reprice_after_s` while the going fees rose by more than the 12.5 %
+   a replacement must add, is re-signed with the SAME nonce and higher fees (within
+   `max_fee_gwei`). The old one becomes 'replaced'; one nonce means at most one of
+   the two can be mined, and if the old one is, the new one meets "nonce too low"
+   and the applied settlement id confirms the intent (rule 3).
 
 Several transactions may be in flight (`max_in_flight`); nonces keep them in
 outbox order on chain. A transaction that reverts (it cannot, unless roles or
@@ -35,6 +42,10 @@ from gateway.ledger.chain import ChainUnavailable
 
 DEPOSIT_REASON = "eea_deposit"
 RETRY_S = 30.0
+# what nodes answer for a transaction whose fees are below what they accept now
+UNDERPRICED = ("less than block base fee", "underpriced", "fee too low", "feetoolow",
+               "fee cap less than", "max fee per gas less than")
+BUMP_NUM, BUMP_DEN = 9, 8       # a replacement offers >= 112.5 % (geth wants 110 %)
 MAX_RETRY_S = 3600.0  # a revert that persists (role revoked) costs gas on every retry: back off
 
 
@@ -158,10 +169,42 @@ class Worker:
     def _broadcast(self):
         sent = 0
         for tx in outbox.live_txs(self.conn, self.sender):
-            due = tx["state"] == "signed" or (tx["state"] == "sent" and not self.chain.known(tx["tx_hash"]))
+            if tx["state"] == "sent" and self.chain.known(tx["tx_hash"]):
+                if time.time() - (tx["sent_at"] or 0) > self.s.reprice_after_s:
+                    self._reprice(tx, f"unmined for {self.s.reprice_after_s:.0f} s", quiet=True)
+                continue
+            due = tx["state"] in ("signed", "sent")
             if due and self._push(tx):
                 sent += 1
         return sent
+
+    def _reprice(self, tx, why, quiet=False):
+        """Replace `tx` by the same call with the same nonce and higher fees; True if done.
+
+        quiet: only when the going fees are higher by a replacement's step (a transaction
+        that merely waits for a block at the going price is left alone)."""
+        fields = decode_raw(tx["raw_tx"])
+        if self._fees is None:
+            self._fees = self.chain.fees(self.s.max_fee_wei)
+        new = bumped_fees(fields, self._fees, self.s.max_fee_wei)
+        if new is None:
+            if not quiet and self.log:
+                self.log.warning("settlement %s: %s, and fees within max_fee_gwei cannot "
+                                 "outbid it; waiting", tx["settlement_id"], why)
+            return False
+        if quiet and not fees_rose(fields, self._fees):
+            return False
+        body = {k: fields[k] for k in ("to", "data", "value", "nonce", "gas", "chainId")}
+        raw = self.account.sign_transaction({**body, **new})
+        with transaction(self.conn):
+            outbox.tx_state(self.conn, tx["id"], "replaced", error=why[:500])
+            outbox.record_signed(self.conn, tx["outbox_id"], self.sender, fields["nonce"],
+                                 "0x" + bytes(raw.hash).hex(),
+                                 "0x" + bytes(raw.raw_transaction).hex(), fields["gas"])
+        if self.log:
+            self.log.warning("settlement %s: transaction %s %s; replaced with the same nonce "
+                             "at higher fees", tx["settlement_id"], tx["tx_hash"], why)
+        return True
 
     def _push(self, tx):
         error = self.chain.send_raw(tx["raw_tx"])
@@ -187,6 +230,9 @@ class Worker:
             return False
         if low:
             return False  # mined meanwhile; the next round confirms it
+        if any(word in error.lower() for word in UNDERPRICED):
+            self._reprice(tx, f"refused as underpriced ({error[:200]})")
+            return False        # the replacement goes out in the next round
         with transaction(self.conn):
             outbox.tx_state(self.conn, tx["id"], tx["state"], error=error[:500])
             outbox.note_error(self.conn, tx["outbox_id"], error)
@@ -213,6 +259,53 @@ class Worker:
                     posted += 1
             tables.put_state(self.conn, "deposit_scan_next", upto + 1)
         return posted
+
+
+def decode_raw(raw_hex):
+    """The fields of a signed transaction we made (EIP-1559 type 2, or legacy)."""
+    import rlp
+    from web3 import Web3
+
+    raw = bytes.fromhex(raw_hex.removeprefix("0x"))
+    if raw[0] == 2:
+        f = rlp.decode(raw[1:])
+        return {"chainId": _int(f[0]), "nonce": _int(f[1]), "maxPriorityFeePerGas": _int(f[2]),
+                "maxFeePerGas": _int(f[3]), "gas": _int(f[4]),
+                "to": Web3.to_checksum_address(f[5]),
+                "value": _int(f[6]), "data": "0x" + f[7].hex(), "type": 2}
+    f = rlp.decode(raw)
+    v = _int(f[6])
+    return {"nonce": _int(f[0]), "gasPrice": _int(f[1]), "gas": _int(f[2]),
+            "to": Web3.to_checksum_address(f[3]), "value": _int(f[4]), "data": "0x" + f[5].hex(),
+            "chainId": (v - 35) // 2 if v >= 35 else None}
+
+
+def _int(b):
+    return int.from_bytes(b, "big")
+
+
+def _step(old):
+    return -(-old * BUMP_NUM // BUMP_DEN)        # ceil(old × 9/8)
+
+
+def bumped_fees(old, fresh, cap):
+    """Fee fields for a replacement of `old`: the going fees, but at least a replacement
+    step above the old ones; None when that would exceed the cap."""
+    if "gasPrice" in old:
+        price = max(fresh.get("gasPrice", fresh.get("maxFeePerGas", 0)), _step(old["gasPrice"]))
+        return None if price > cap else {"gasPrice": price}
+    tip = max(fresh.get("maxPriorityFeePerGas", 0), _step(old["maxPriorityFeePerGas"]))
+    fee = max(fresh.get("maxFeePerGas", fresh.get("gasPrice", 0)), _step(old["maxFeePerGas"]), tip)
+    if fee > cap:
+        return None
+    return {"maxFeePerGas": fee, "maxPriorityFeePerGas": tip, "type": 2}
+
+
+def fees_rose(old, fresh):
+    """The going fees are at least a replacement step above the transaction's."""
+    if "gasPrice" in old:
+        return fresh.get("gasPrice", fresh.get("maxFeePerGas", 0)) >= _step(old["gasPrice"])
+    return fresh.get("maxFeePerGas", 0) >= _step(old["maxFeePerGas"])
 
 
 def _loads(text):
