@@ -155,6 +155,12 @@ def live_txs(conn, sender):
         f"WHERE t.sender=? AND t.state IN ({marks}) ORDER BY t.nonce", (sender, *LIVE_TX)).fetchall()
 
 
+def ever_signed(conn, outbox_id):
+    """Whether this store ever signed a transaction for the intent."""
+    return conn.execute("SELECT 1 FROM ledger_txs WHERE outbox_id=? LIMIT 1",
+                        (outbox_id,)).fetchone() is not None
+
+
 def max_nonce(conn, sender):
     """Highest nonce this sender has a live or confirmed transaction for, or None."""
     row = conn.execute(

@@ -150,6 +150,10 @@ class Worker:
                 if self.log:
                     self.log.error("settlement %s rejected: %s", intent["settlement_id"], e)
                 continue
+            if not outbox.ever_signed(self.conn, intent["id"]) \
+                    and self.chain.applied(intent["settlement_id"]):
+                self._applied_elsewhere(intent)
+                continue
             if self._fees is None:
                 self._fees = self.chain.fees(self.s.max_fee_wei)
             nonce = self._next_nonce()
@@ -163,6 +167,18 @@ class Worker:
             signed += 1
             faults.hit("after_sign")
         return signed
+
+    def _applied_elsewhere(self, intent):
+        """Applied on chain before this store signed anything for it: a restored backup
+        (the very same settlement; nothing to pay gas for), or another store using the
+        same contract, whose ids can collide with ours. Confirmed without a transaction,
+        as a revert would have, and said loudly."""
+        note = ("settlement id was already applied on chain before this store signed it "
+                "(restored backup, or another store on the same contracts)")
+        with transaction(self.conn):
+            outbox.confirm(self.conn, intent["id"], note)
+        if self.log:
+            self.log.warning("settlement %s (%s): %s", intent["settlement_id"], intent["kind"], note)
 
     # ---- broadcasting ---------------------------------------------------------------
 
