@@ -219,6 +219,17 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
     return {"version": version, "url": url, "devices": state}
 
 
+def _loopback(host):
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @click.command("update")
 @common_options
 @click.option("--release", "release", required=True, type=click.Path(dir_okay=False),
@@ -263,6 +274,11 @@ def update_cmd(app, release, device_ids, all_devices, release_key, http_host, ht
     host = http_host or fw.get("update_host") or broker.rpartition(":")[0] or "127.0.0.1"
     port = http_port if http_port is not None else fw.get("update_port", 0)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if _loopback(host):
+        # right for devices on this machine (the emulator); a real meter cannot reach it
+        err.print(f"warning: devices will download from {host}, this machine's loopback "
+                  "address; for meters on the network set firmware.update_host or --host "
+                  "to an address they reach this gateway on")
     last = {}
 
     def progress(states):

@@ -307,6 +307,7 @@ def test_release_that_never_signs_is_rolled_back_after_its_trial(board, gateway,
     out = egs_gw(config, "device", "update", "--release", releases["mute"], "--device", "ota1",
                  "--timeout", 180, check=False)
     assert out["exit_code"] == 1, out
+    assert "warning: devices will download from 127.0.0.1" in out["stderr"]   # fine here only
     dev = json.loads(out["stdout"])["devices"]["ota1"]
     assert dev["result"] == "failed" and "rolled back" in dev["detail"], (dev, board.log()[-3000:])
     state = board.boot_state()
