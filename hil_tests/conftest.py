@@ -57,6 +57,19 @@ def pytest_configure(config):
     opts = _opts(config)
     if opts["target"] == "esp32" and not opts["port"]:
         raise pytest.UsageError("--target esp32 needs --port (the board's serial console)")
+    for name in ("broker", "ocpp"):
+        if opts[name] is not None:
+            check_address(name, opts[name])
+    interval = opts["reading_interval"]
+    if interval is not None and not 0.01 <= interval <= 86400:      # also refuses nan
+        raise pytest.UsageError(f"--reading-interval must be 0.01 to 86400 seconds, not {interval}")
+
+
+def check_address(name, value):
+    """--broker / --ocpp: [HOST]:PORT, PORT 0-65535 (0: a free one; HOST: 127.0.0.1)."""
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise pytest.UsageError(f"--{name} must be HOST:PORT with a port 0-65535, not {value!r}")
 
 
 # Cheap checks first; the ledger tests last, since they wait for the device's quarter hour.

@@ -339,6 +339,10 @@ class EmulatedMeter:
     def require_control(self, why):
         return self
 
+    def serial_matches(self, serial):
+        """Whether `serial` is this meter's serial number (the emulator's is known)."""
+        return str(serial) == self.serial
+
     def disconnect(self):
         """The meter falls silent on the bus, as with its A/B pair unplugged."""
         self.emulator.set_fault("timeout")
@@ -362,6 +366,10 @@ class RealMeter:
 
     def stop(self):
         pass
+
+    def serial_matches(self, serial):
+        """A real meter's serial is not known to the suite: any non-empty one is its."""
+        return bool(serial)
 
     def require_control(self, why):
         pytest.skip(f"{why}: a real meter is not under the suite's control "

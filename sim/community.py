@@ -189,6 +189,7 @@ class Options:
     def __init__(self, households=20, chargers=4, hours=24.0, speed=720.0, out="demo-out",
                  seed=1, start_hour=0.0, reading_interval=300.0, heapsize="100K",
                  tamper=True, charger_kw=22.0):
+        # `not a <= x <= b` is also true for NaN, which click's FloatRange lets through
         if households < 1:
             raise ValueError("--households must be at least 1")
         if chargers < 0:
@@ -199,8 +200,11 @@ class Options:
             raise ValueError("--speed must be between 1 and 5000")
         if not 0 <= start_hour < 24:
             raise ValueError("--start-hour must be between 0 and 24")
-        if reading_interval <= 0 or QUARTER_S % reading_interval and reading_interval < QUARTER_S:
-            raise ValueError("--reading-interval must divide 900 s (or be 900)")
+        # the firmware reads at multiples of the interval and at every quarter hour, so an
+        # interval must divide 900 s or be at least 900 s (up to the firmware's one day)
+        if not (0.01 <= reading_interval <= 86400
+                and (reading_interval >= QUARTER_S or QUARTER_S % reading_interval == 0)):
+            raise ValueError("--reading-interval must divide 900 s, or be 900 s to 86400 s")
         self.households = households
         self.chargers = chargers
         self.hours = hours
@@ -774,7 +778,8 @@ class Community:
 
     def _inject(self, conn):
         """An attacker with a device's broker credential publishes a record with a raised
-        export figure (the signature no longer matches), and replays a genuine one."""
+        export figure (the signature no longer matches), replays a genuine one, and sends
+        a record cut off halfway (bad input: a clear rejection, no crash)."""
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -798,19 +803,20 @@ class Community:
                 rd["RV"] = round(float(rd["RV"]) + 50.0, 3)      # +50 kWh of "export"
         forged = "OCMF|" + json.dumps(payload, separators=(",", ":")) + "|" + json.dumps(
             rec.signature, separators=(",", ":"))
+        truncated = forged[:len(forged) // 2]
         topic = f"egs/v1/{COMMUNITY}/{device}/ocmf"
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{device}-intruder")
         client.username_pw_set(device, broker_mod.credential(self.broker_dir, device, create=False))
         client.connect("127.0.0.1", self.broker_port, keepalive=10)
         client.loop_start()
         try:
-            for body in (forged, raw):
+            for body in (forged, raw, truncated):
                 client.publish(topic, body.encode(), qos=1).wait_for_publish(10)
         finally:
             client.loop_stop()
             client.disconnect()
         self.injected = {"device": device, "seq": seq, "forged": forged, "replayed": raw,
-                         "at": clock.now()}
+                         "truncated": truncated, "at": clock.now()}
 
     # -- the end of the day ------------------------------------------------------------------
     def _finish(self):
@@ -879,6 +885,7 @@ class Community:
                           "torn": log.torn, "starts": dev.starts, "reboots": dev.reboots,
                           "failed": "application failed" in dev.log_text()}
         self.facts["flash"] = logs
+        self.facts["chain_settlements"] = self._chain_settlements()
         self.facts["reconcile"] = self.gw("ledger", "reconcile", check=False)
         if "exit_code" in self.facts["reconcile"]:
             out = self.facts["reconcile"]["stdout"]
@@ -886,6 +893,23 @@ class Community:
                 self.facts["reconcile"] = dict(json.loads(out), exit_code=1)
             except ValueError:
                 pass
+
+    def _chain_settlements(self):
+        """How often each settlement id was applied on chain (the contract's events), for
+        the invariant that nothing is applied twice: reconcile only asks whether it was."""
+        from collections import Counter
+
+        try:
+            chain = self._chain()
+            block = chain.block_number()
+            seen = Counter()
+            for name in ("Settled", "StorageSet", "Withdrawn"):
+                for ev in chain.events(chain.watt, name, 0, block):
+                    seen["0x" + bytes(ev["args"]["sid"]).hex()] += 1
+        except Exception as e:  # noqa: BLE001 - reported as a failed invariant
+            return {"error": repr(e)}
+        return {"block": block, "events": sum(seen.values()), "ids": len(seen),
+                "twice": sorted(sid for sid, n in seen.items() if n > 1)}
 
     def _drain_outbox(self, timeout=60, always=False):
         """The ledger worker alone (no settlement decided): before the day it books the

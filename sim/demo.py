@@ -106,7 +106,8 @@ def run_community(opts, live=True, console=None):
 @click.option("--start-hour", default=0.0, show_default=True, type=click.FloatRange(0, 23.75),
               help="Simulated time of day (UTC) the run starts at.")
 @click.option("--reading-interval", default=300.0, show_default=True, type=float,
-              help="Simulated seconds between a device's readings (divides 900).")
+              help="Simulated seconds between a device's readings (divides 900, or 900 "
+                   "and more: the firmware also reads at every quarter hour).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Output directory (default demo-out/<date-time>).")
 @click.option("--charger-kw", default=22.0, show_default=True, type=click.FloatRange(1, 350),
@@ -121,25 +122,39 @@ def main(households, chargers, hours, speed, start_hour, reading_interval, out, 
     from sim.community import Options, install_sigterm
 
     install_sigterm()
-    if not skip_protocol:
-        print("EGS demo, step 1: protocol walk-through (device-side code under the MicroPython binary)")
-        try:
-            demo_protocol.run()
-        except Exception as e:  # noqa: BLE001 - the demo's one-line failure
-            print(f"demo failed: {e}", file=sys.stderr)
-            sys.exit(2)
-        print("key generation, OCMF signing on MicroPython, verification on CPython: done\n")
-        print("EGS demo, step 2: a community's day")
     out = Path(out) if out else Path("demo-out") / time.strftime("%Y%m%d-%H%M%S")
+    # every argument is checked before anything runs: a bad one is one line and exit 2
     try:
         opts = Options(households=households, chargers=chargers, hours=hours, speed=speed, out=out,
                        seed=seed, start_hour=start_hour, reading_interval=reading_interval,
                        tamper=not no_tamper, charger_kw=charger_kw)
-        status, _, _ = run_community(opts, live=not no_live)
-    except (RuntimeError, ValueError, OSError) as e:
-        print(f"demo failed: {e}", file=sys.stderr)
-        sys.exit(2)
+        if out.is_dir() and any(out.iterdir()):
+            raise ValueError(f"--out {out} is not empty: give a new directory")
+    except ValueError as e:
+        _fail(e)
+    try:
+        if not skip_protocol:
+            print("EGS demo, step 1: protocol walk-through (device-side code under the "
+                  "MicroPython binary)")
+            try:
+                demo_protocol.run()
+            except Exception as e:  # noqa: BLE001 - the demo's one-line failure
+                _fail(e)
+            print("key generation, OCMF signing on MicroPython, verification on CPython: done\n")
+            print("EGS demo, step 2: a community's day")
+        try:
+            status, _, _ = run_community(opts, live=not no_live)
+        except (RuntimeError, ValueError, OSError) as e:
+            _fail(e)
+    except KeyboardInterrupt:          # Ctrl-C before or after the community ran
+        print("interrupted: everything the demo started has been stopped", file=sys.stderr)
+        sys.exit(130)
     sys.exit(status)
+
+
+def _fail(error):
+    print(f"demo failed: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

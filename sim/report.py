@@ -229,6 +229,7 @@ def _collect(c, conn):
         "security": {"events": events, "quarantine": quarantine, "ocpp_events": ocpp_events},
         "service": service,
         "reconcile": facts.get("reconcile"),
+        "chain_settlements": facts.get("chain_settlements"),
         "intervals": [{"start": s, **per_interval[s], "generated": truth[s][0], "consumed": truth[s][1],
                        "charging": charge_iv.get(s, 0.0)} for s in sorted(per_interval)],
         "samples": c.samples,
@@ -302,13 +303,59 @@ def _energy_conserved(c, conn, data):
                            (c.day[1],)).fetchone()[0]
     if open_iv:
         problems.append(f"{open_iv} intervals of the day not settled")
+    problems += metered_vs_settled(conn, c.day[1])
     w = data["watt"]
     if w["chain_supply"] is not None and w["chain_supply"] != w["book_supply"]:
         problems.append(f"WATT supply chain {w['chain_supply']} != book {w['book_supply']}")
     return ("energy conserved", not problems,
-            "; ".join(problems) or f"per account minted-burned = export-(import-grid); reconcile "
+            "; ".join(problems) or f"per device the signed registers' export and import = its "
+                                   f"intervals' = its account's settlements; per account "
+                                   f"minted-burned = export-(import-grid); reconcile "
                                    f"clean at block {rec.get('block')} ({rec.get('applied')} "
                                    f"settlements applied on chain, none pending)")
+
+
+def metered_vs_settled(conn, day_end):
+    """Per device, the energy its signed cumulative registers counted (from its first
+    reading to the day's end) is what its intervals of the day add up to, and its account
+    was settled for exactly its settled intervals: the link between what the meters signed
+    and what the ledger minted and burned, which reconcile (chain against book) does not
+    look at. The day's last reading comes a few seconds after the end, so the registers
+    bound the intervals' sum: at least up to the last reading at or before the end, at
+    most up to the last reading. → [problem]"""
+    problems = []
+    intervals = defaultdict(lambda: [0, 0])      # account -> settled [export, import]
+    for dev, account in conn.execute("SELECT id, account FROM devices ORDER BY id").fetchall():
+        rows = conn.execute("SELECT time_epoch, import_wh, export_wh FROM readings WHERE "
+                            "device_id=? AND time_trusted=1 ORDER BY seq", (dev,)).fetchall()
+        day_im, day_ex = conn.execute(
+            "SELECT COALESCE(SUM(import_wh), 0), COALESCE(SUM(export_wh), 0) FROM intervals "
+            "WHERE device_id=? AND end <= ?", (dev, day_end)).fetchone()
+        if rows:
+            first, last = rows[0], rows[-1]
+            before = [r for r in rows if r[0] <= day_end]
+            upto = before[-1] if before else first
+            for name, k, got in (("import", 1, day_im), ("export", 2, day_ex)):
+                low, high = upto[k] - first[k], last[k] - first[k]
+                if not low <= got <= high:
+                    problems.append(f"{dev}: intervals of the day {name} {got} Wh, the signed "
+                                    f"registers counted {low}..{high} Wh")
+        elif day_im or day_ex:
+            problems.append(f"{dev}: intervals with energy but no trusted reading")
+        if account:
+            settled_ex, settled_im = conn.execute(
+                "SELECT COALESCE(SUM(export_wh), 0), COALESCE(SUM(import_wh), 0) FROM intervals "
+                "WHERE device_id=? AND state='settled'", (dev,)).fetchone()
+            intervals[account][0] += settled_ex
+            intervals[account][1] += settled_im
+    batches = {r[0]: [r[1], r[2]] for r in conn.execute(
+        "SELECT account, SUM(export_wh), SUM(import_wh) FROM ledger_batch_accounts GROUP BY account")}
+    for account in sorted(set(intervals) | set(batches)):
+        want, got = intervals.get(account, [0, 0]), batches.get(account, [0, 0])
+        if want != got:
+            problems.append(f"{account}: settled export/import {got}, its devices' settled "
+                            f"intervals {want}")
+    return problems
 
 
 def _nothing_twice(c, conn, data):
@@ -327,6 +374,12 @@ def _nothing_twice(c, conn, data):
             problems.append("the replayed record was not counted as a duplicate")
     elif c.opts.tamper:
         problems.append("nothing was injected")
+    on_chain = c.facts.get("chain_settlements") or {}
+    if "twice" not in on_chain:
+        problems.append(f"the settlement events on chain were not read: {on_chain.get('error')}")
+    elif on_chain["twice"]:
+        problems.append(f"{len(on_chain['twice'])} settlement ids applied more than once on chain: "
+                        f"{on_chain['twice'][:3]}")
     sids = [s["settlement_id"] for s in data["sessions"] if s["settlement_id"]]
     if len(sids) != len(set(sids)):
         problems.append("a charging session was settled twice")
@@ -336,7 +389,8 @@ def _nothing_twice(c, conn, data):
         problems.append(f"{trades_twice} trades settled for more than they traded")
     return ("nothing applied twice", not problems,
             "; ".join(problems) or "a replayed genuine record was acknowledged and stored once; "
-                                   "every settlement id applied once (reconcile); sessions settled once")
+                                   f"each of the {on_chain.get('ids')} settlement ids on chain "
+                                   "applied by exactly one event; sessions settled once")
 
 
 def _nothing_unsigned(c, conn):
@@ -359,6 +413,10 @@ def _nothing_unsigned(c, conn):
             problems.append("the forged record is not in the quarantine")
         elif q[0][0] != "bad_signature":
             problems.append(f"the forged record was quarantined as {q[0][0]}, not bad_signature")
+        logged = conn.execute("SELECT COUNT(*) FROM security_events WHERE kind='bad_signature' "
+                              "AND device_id=?", (inj["device"],)).fetchone()[0]
+        if not logged:
+            problems.append("the forged record was not logged as a security event")
     elif c.opts.tamper:
         problems.append("nothing was injected")
     settled_unsigned = conn.execute(
@@ -368,7 +426,8 @@ def _nothing_unsigned(c, conn):
         problems.append(f"{settled_unsigned} intervals of revoked devices settled")
     return ("nothing unsigned counted", not problems,
             "; ".join(problems) or f"all {n} stored readings verify against their device keys; "
-                                   "the forged record was quarantined (bad_signature)"
+                                   "the forged record was quarantined (bad_signature) and "
+                                   "logged as a security event"
                                    if inj else f"all {n} stored readings verify")
 
 
@@ -389,13 +448,28 @@ def _no_crash(c):
             problems.append(f"device {name}: the application failed and rebooted")
         if flash["reboots"] != 1:           # the one reboot into its provisioned configuration
             problems.append(f"device {name} rebooted {flash['reboots']} times")
+    inj = c.injected
+    if inj:                  # bad input: a clear error (quarantined with its reason), no crash
+        conn = sqlite3.connect(f"file:{c.db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            q = conn.execute("SELECT reason, detail FROM quarantine WHERE raw=? OR raw=?",
+                             (inj["truncated"], inj["truncated"].encode())).fetchall()
+        finally:
+            conn.close()
+        if not q:
+            problems.append("the truncated record is not in the quarantine")
+        elif q[0][0] != "malformed" or not q[0][1]:
+            problems.append(f"the truncated record was quarantined as {q[0][0]}: {q[0][1]!r}")
     if c.park is not None and c.park.error is not None:
         problems.append(f"charge points: {c.park.error!r}")
     if f.get("stop_errors"):
         problems.append(f"stopping: {f['stop_errors']}")
     return ("no crash", not problems,
-            "; ".join(problems) or "gateway exited 0 with no error logged; no device rebooted "
-                                   "unexpectedly; charge points ran to the end")
+            "; ".join(problems) or "gateway exited 0 with no error logged"
+                                   + (" (a truncated record was quarantined as malformed)"
+                                      if inj else "")
+                                   + "; no device rebooted unexpectedly; charge points ran to "
+                                     "the end")
 
 
 # ---------------------------------------------------------------- rendering
@@ -497,7 +571,8 @@ def render(data, checks, console, chart_path=None):
         console.print(f"  injected at {hhmm(inj['at'])} with {inj['device']}'s broker credential: "
                       f"its record #{inj['seq']} with 50 kWh more export (signature kept) → "
                       f"quarantined; the genuine record replayed → acknowledged as a duplicate, "
-                      f"stored once ({data['service'].get('duplicates', 0)} duplicates in all)")
+                      f"stored once ({data['service'].get('duplicates', 0)} duplicates in all); "
+                      f"the forged record cut off halfway → quarantined as malformed")
 
     rec = data["reconcile"] or {}
     diffs = rec.get("differences")

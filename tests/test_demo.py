@@ -71,6 +71,12 @@ def test_every_invariant_holds(small_day):
     failed = [f"{c['name']}: {c['detail']}" for c in checks.values() if not c["ok"]]
     assert not failed, "\n".join(failed) + "\n" + small_day["text"][-3000:]
     assert small_day["status"] == 0
+    # the checks behind them ran: settlement events counted on chain, registers compared
+    on_chain = small_day["report"]["chain_settlements"]
+    assert on_chain["twice"] == [] and on_chain["events"] == on_chain["ids"]
+    assert on_chain["ids"] == small_day["report"]["reconcile"]["applied"] > 0
+    assert "signed registers" in checks["energy conserved"]["detail"]
+    assert "security event" in checks["nothing unsigned counted"]["detail"]
 
 
 def test_readings_come_from_the_real_firmware(small_day):
@@ -120,11 +126,17 @@ def test_market_charging_and_commission(small_day):
 
 def test_forged_record_quarantined_and_replay_stored_once(small_day):
     r = small_day["report"]
-    q = r["security"]["quarantine"]
-    assert [x["reason"] for x in q] == ["bad_signature"]
+    q = {x["reason"]: x for x in r["security"]["quarantine"]}
+    assert sorted(q) == ["bad_signature", "malformed"]
     inj = r["injected"]
-    assert q[0]["device_id"] == inj["device"] and q[0]["raw"] == inj["forged"]
+    assert q["bad_signature"]["device_id"] == inj["device"]
+    assert q["bad_signature"]["raw"] == inj["forged"]
+    # bad input: the record cut off halfway is a clear rejection, logged, no crash
+    assert q["malformed"]["raw"] == inj["truncated"] and q["malformed"]["detail"]
     assert r["security"]["events"].get("bad_signature") == 1
+    assert r["security"]["events"].get("malformed") == 1
+    checks = {c["name"]: c for c in r["invariants"]}
+    assert "quarantined as malformed" in checks["no crash"]["detail"]
 
 
 def test_chart_is_a_png(small_day):
