@@ -142,7 +142,10 @@ def _read_key(text):
 @click.option("--ocpp", metavar="HOST:PORT", help="Listen address of the OCPP central system.")
 @click.option("--workers", type=int, help="Verification processes: 0 inline, -1 all cores (ingest.workers).")
 def run_cmd(app, broker, mqtt_user, mqtt_password_file, community, ocpp, workers):
-    """Run the gateway service: MQTT ingest, intervals and the installed components."""
+    """Run the gateway service: MQTT ingest, intervals and the installed components.
+
+    Logs go to stderr; with --json, one JSON object per line (at, level, logger, message).
+    """
     from gateway import service
 
     service.declare_sections()
@@ -159,7 +162,7 @@ def run_cmd(app, broker, mqtt_user, mqtt_password_file, community, ocpp, workers
                 cfg["ocpp"][key] = ocpp
                 break
     service._read_password(cfg["mqtt"]["password_file"])
-    sys.exit(service.main(cfg, ocpp))
+    sys.exit(service.main(cfg, ocpp, as_json=app.json))
 
 
 COMMANDS.append(run_cmd)

@@ -484,15 +484,31 @@ async def _finish(tasks, log, timeout):
     return failed
 
 
-def setup_logging(level):
+class JsonLines(logging.Formatter):
+    """One JSON object per log line, for log collectors (`egs-gw run --json`)."""
+
+    def format(self, record):
+        out = {"at": round(record.created, 3), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level, as_json=False):
     lvl = getattr(logging, str(level).upper(), None)
     if not isinstance(lvl, int):
         raise config_mod.ConfigError(f"gateway.log_level: unknown level {level!r}")
-    logging.basicConfig(level=lvl, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if as_json:
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonLines())
+        logging.basicConfig(level=lvl, handlers=[handler])
+    else:
+        logging.basicConfig(level=lvl, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def main(cfg, ocpp=None):
-    setup_logging(cfg["gateway"]["log_level"])
+def main(cfg, ocpp=None, as_json=False):
+    setup_logging(cfg["gateway"]["log_level"], as_json)
     return asyncio.run(serve(cfg, ocpp))
 
 

@@ -172,3 +172,24 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(tmp_path, gwdb, cleanu
         finally:
             gw2.stop()
             dev.close()
+
+
+def test_run_json_logs_one_object_per_line(tmp_path):
+    """`egs-gw run --json`: every log line is a JSON object a log collector can read,
+    here while the broker cannot be reached."""
+    import sys
+
+    from sim.services import Service, free_port
+    log = tmp_path / "gw.log"
+    svc = Service([sys.executable, "-m", "gateway.service", "--db", tmp_path / "gw.sqlite",
+                   "--community", "c1", "--broker", f"127.0.0.1:{free_port()}", "--json"],
+                  log_path=log).start()
+    try:
+        wait_for(lambda: "retrying" in log.read_text(), what="a broker warning")
+    finally:
+        svc.proc.send_signal(signal.SIGTERM)
+        code = svc.proc.wait(15)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert code == 0 and lines
+    assert all(set(obj) >= {"at", "level", "logger", "message"} for obj in lines)
+    assert any(o["level"] == "WARNING" and "retrying" in o["message"] for o in lines)
