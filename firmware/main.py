@@ -92,7 +92,7 @@ class ConsolePort:
 
             console = Console(self.hal, self.device)
             for line in lines:
-                self.hal.console_write(console.answer(line))
+                self.hal.console_write_json(console.answer(line))
             console = None
             unload()
 

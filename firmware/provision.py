@@ -49,12 +49,13 @@ class Console:
         self.device = device
 
     def answer(self, line):
-        """The reply line (str) to one request line (bytes), None for a too-long line."""
+        """The reply (a dict, written as one JSON line by the HAL) to one request line
+        (bytes), or to None for a too-long line. The HAL streams it (json.dump): the
+        status reply is over a kilobyte, and one contiguous block that size, twice (the
+        text and the text with its newline), failed on a fragmented 100 KB heap."""
         if line is None:
-            reply = {"ok": False, "error": "line too long (max %d bytes)" % MAX_LINE}
-        else:
-            reply = self.handle(line)
-        return json.dumps(reply)
+            return {"ok": False, "error": "line too long (max %d bytes)" % MAX_LINE}
+        return self.handle(line)
 
     def handle(self, line):
         """The reply (a dict) to one request line (bytes or str)."""

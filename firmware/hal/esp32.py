@@ -183,8 +183,12 @@ class Hal:
             out += ch.encode() if isinstance(ch, str) else ch
         return out
 
-    def console_write(self, line):
-        print(line)
+    def console_write_json(self, obj):
+        """One JSON line, written piece by piece (no contiguous copy of the whole text)."""
+        import json
+
+        json.dump(obj, sys.stdout)
+        sys.stdout.write("\n")
 
     def log(self, message):
         print("# %s" % message)

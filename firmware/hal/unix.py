@@ -231,8 +231,10 @@ class Hal:
             out += ch
         return out
 
-    def console_write(self, line):
-        self._out.write(line + "\n")
+    def console_write_json(self, obj):
+        """One JSON line, written piece by piece (no contiguous copy of the whole text)."""
+        json.dump(obj, self._out)
+        self._out.write("\n")
         try:
             self._out.flush()
         except (AttributeError, OSError):
