@@ -16,6 +16,7 @@ only later. Never a soft restart in-process: a fragmented heap would stay fragme
 Heap: what is needed only at boot or while a console command is answered is imported
 then and unloaded afterwards (firmware/heap.py).
 """
+import gc
 import sys
 
 from firmware.heap import unload
@@ -92,7 +93,12 @@ class ConsolePort:
 
             console = Console(self.hal, self.device)
             for line in lines:
-                self.hal.console_write_json(console.answer(line))
+                try:
+                    self.hal.console_write_json(console.answer(line))
+                except MemoryError:
+                    # a console command is not worth a reboot of the meter: answer small
+                    gc.collect()
+                    self.hal.console_write_json({"ok": False, "error": "out of memory; retry"})
             console = None
             unload()
 
