@@ -67,8 +67,8 @@ for p in ('/app_a', '/app_b', '/boot.json', '/boot.tmp', '/ota.tar', '/boot_sele
 def load_release_key(value):
     """The 65-byte release public key from hex, or from a file holding hex (KEY.pem.pub).
 
-    Own code, not tools.release.load_pubkey: `tools` is the build machine's package and
-    is not installed with egs-gw, which must run from anywhere."""
+    Here rather than in tools/ (which uses it): `tools` is the build machine's package
+    and is not installed with egs-gw, which must run from anywhere."""
     text = str(value).strip()
     if not re.fullmatch(r"(0x)?[0-9a-fA-F]{130}", text):
         try:

@@ -48,7 +48,16 @@ from pathlib import Path
 import pytest
 
 from sim.gwcli import egs_gw, toml_text
-from sim.services import ANVIL_KEYS, Anvil, Mosquitto, Service, StopList, free_port, wait_port
+from sim.services import (
+    ANVIL_KEYS,
+    Anvil,
+    Mosquitto,
+    Service,
+    StopList,
+    free_port,
+    wait_for,
+    wait_port,
+)
 
 COMMUNITY = "hil"
 QUARTER_S = 900
@@ -73,17 +82,6 @@ EDUCATION = address("education-pool")
 NETWORK = address("network-pool")
 
 
-def wait_for(predicate, timeout, what, interval=0.1):
-    """Poll until predicate() is truthy and return its value; the timeout only bounds a
-    test that would otherwise hang (no timing is asserted)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------- serial console

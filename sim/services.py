@@ -37,6 +37,19 @@ def wait_port(port, timeout=15.0, proc=None, host="127.0.0.1"):
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def wait_for(predicate, timeout=20.0, what="condition", interval=0.05):
+    """Poll until predicate() is truthy and return its value. Not a timing assertion: the
+    timeout only bounds a test or bench step that would otherwise hang."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
 def find_tool(name, extra=()):
     for candidate in extra:
         if Path(candidate).is_file() and os.access(candidate, os.X_OK):

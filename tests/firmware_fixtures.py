@@ -14,21 +14,11 @@ import pytest
 from protocol import ocmf
 from sim.device import DeviceProcess
 from sim.meter import MeterEmulator
+from sim.services import wait_for
 
 COMMUNITY = "c1"
 
 
-def wait_for(predicate, timeout=20.0, what="condition", interval=0.05):
-    """Poll until predicate() is truthy; returns its value. Not a timing assertion: the
-    timeout only bounds a test that would otherwise hang."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_status(dev, pred, what, timeout=20.0):

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway import db, store
 from protocol import ocmf
+from sim.services import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMUNITY = "testcomm"
@@ -82,14 +82,6 @@ def cli_invoke(*args, input=None):
                               env={"EGS_GW_CONFIG": None, "EGS_GW_DB": None})
 
 
-def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def jloads(text):

@@ -82,22 +82,15 @@ def load_secret(path):
 
 
 def load_pubkey(text_or_path):
-    """A 65-byte release public key from hex, or from a file holding hex (e.g. KEY.pem.pub)."""
-    value = str(text_or_path).strip()
-    if not re.fullmatch(r"(0x)?[0-9a-fA-F]{130}", value):
-        try:
-            value = Path(value).read_text().strip()
-        except OSError as e:
-            raise ReleaseError(f"release public key: not hex and not a readable file ({e})") \
-                from None
-    value = value.removeprefix("0x")
+    """A 65-byte release public key from hex, or from a file holding hex (e.g. KEY.pem.pub).
+    The installer's parser (gateway/flash.py), so both read keys the same way."""
+    from gateway.cliutil import UserError
+    from gateway.flash import load_release_key
+
     try:
-        pub = bytes.fromhex(value)
-    except ValueError:
-        raise ReleaseError("release public key is not hex") from None
-    if p256.decode_public_key(pub) is None:
-        raise ReleaseError("release public key is not a P-256 point (65 bytes, 04...)")
-    return pub
+        return load_release_key(text_or_path)
+    except UserError as e:
+        raise ReleaseError(str(e)) from None
 
 
 # ------------------------------------------------------------------------ bundle
@@ -177,14 +170,15 @@ def _manifest_bytes(data):
 
 
 def verify_file(path, pubkey):
-    """The manifest of a bundle file, or ReleaseError saying why it is refused."""
+    """The manifest of a bundle file, or ReleaseError saying why it is refused (the
+    installer's check, gateway/flash.py)."""
+    from gateway.cliutil import UserError
+    from gateway.flash import check_bundle
+
     try:
-        with open(path, "rb") as f:
-            return bundle_mod.verify(f, pubkey)
-    except bundle_mod.BundleError as e:
-        raise ReleaseError(f"{path}: refused: {e}") from None
-    except OSError as e:
-        raise ReleaseError(f"cannot read bundle {path}: {e}") from None
+        return check_bundle(path, pubkey)
+    except UserError as e:
+        raise ReleaseError(str(e)) from None
 
 
 # ------------------------------------------------------------------ command line

@@ -161,7 +161,6 @@ class Hal:
                     ctx.verify_mode = ssl.CERT_NONE
                 sock = ctx.wrap_socket(sock, server_hostname=host)
                 self.feed_watchdog()
-                return sock
         except Exception:
             sock.close()
             raise

@@ -9,7 +9,6 @@ from gateway.db import transaction
 from gateway.ledger import intents, outbox, tables
 
 WITHDRAW_REASON = "withdraw"
-ZERO = "0x" + "00" * 20
 MAX_CAPACITY_WH = 2**63 - 1  # what SQLite's INTEGER holds (≈ 9.2 PWh, far beyond any storage)
 
 
@@ -55,6 +54,6 @@ def _payee(address, what):
     """The contract reverts setStorage/withdraw for the zero address; a reverting intent
     would be retried forever and hold up every settlement queued after it."""
     address = accounts.normalize_address(address)
-    if address == ZERO:
+    if address == intents.ZERO:
         raise StorageError(f"{what} cannot be the zero address")
     return address

@@ -6,18 +6,7 @@ from firmware import boot_select as bs
 from firmware import ota
 
 ROOT = "/tmp/mp_test_boot_select"
-
-
-def _rm(path):
-    try:
-        for name in os.listdir(path):
-            _rm(path + "/" + name)
-        os.rmdir(path)
-    except OSError:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
+_rm = ota._remove_tree
 
 
 def _fresh():
