@@ -83,7 +83,7 @@ def cpu_snapshot(pid):
 def raw_verify_rate(devices, seconds=1.5, cpu=False):
     """cryptography verify calls per second on one core over the same records
     (per second of wall time, or with cpu=True per second of this process's CPU time)."""
-    from gateway.ingest import fast_parse
+    from gateway.ingest.core import fast_parse
     items = []
     for _, pub, recs in devices:
         key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), pub)
@@ -129,7 +129,7 @@ def publisher(port, devices, out_q, go):
 
 
 def _start_gateway(tmp, cfg, db_path, conn, tag):
-    from gateway import store
+    from gateway.ingest import store
     from sim.services import Service
     gw = Service([sys.executable, "-m", "gateway.service", "--config", cfg, "--db", db_path],
                  log_path=tmp / f"gw-{tag}.log").start()
@@ -156,7 +156,8 @@ def run_gateway(tmp, port, devices, workers, total, mode):
     """mode "live": the gateway runs while the publisher publishes (the rate is capped by
     the publisher); "drain": the broker queues everything for the stopped gateway's
     session first, then the gateway starts and works through it (its own capacity)."""
-    from gateway import db, store
+    from gateway import db
+    from gateway.ingest import store
 
     tag = f"{mode}-{workers}"
     db_path = tmp / f"gw-{tag}.sqlite"

@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway import db, store
-from gateway.ingest import IngestCore, Message
+from gateway import db
+from gateway.ingest import store
+from gateway.ingest.core import IngestCore, Message
 from gateway.ledger import keystore, tables
 from gateway.ledger.chain import Chain
 from gateway.ledger.deploy import deploy

@@ -5,11 +5,12 @@ assembles them (see DESIGN.md: nothing imports the composition root).
 """
 import click
 
-from gateway import commands as gateway_commands
-from gateway import flash as flash_commands
-from gateway import ota as ota_commands
+from gateway.devices import installer as flash_commands
+from gateway.devices import update_server as ota_commands
+from gateway.ingest import commands as gateway_commands
 from gateway.ledger import commands as ledger_commands
 from gateway.market import commands as market_commands
+from gateway.run import run_cmd
 from ocpp_cs import commands as ocpp_commands
 
 
@@ -19,6 +20,8 @@ def main():
     """EGS gateway: ingest signed meter readings, settle them on the ledger,
     run the OCPP central system and the community market."""
 
+
+main.add_command(run_cmd)
 
 for module in (gateway_commands, ledger_commands, market_commands, ocpp_commands):
     for command in module.COMMANDS:

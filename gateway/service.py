@@ -12,7 +12,7 @@ below is imported when it is installed and its `run(ctx)` coroutine runs until
 `ctx` carries config (dict from gateway.config.load), db_path, community, log,
 stopping (asyncio.Event), ocpp ("HOST:PORT" from --ocpp, or None) and hooks:
     hooks["interval_closed"]: list of callables(intervals) called when intervals of
-        any device close (intervals as returned by gateway.intervals.closed_intervals);
+        any device close (intervals as returned by gateway.ingest.intervals.closed_intervals);
     hooks["publish"]: async callable(topic, payload, qos=1, retain=False) on the
         gateway's MQTT connection (raises when disconnected).
 SIGTERM/SIGINT set `stopping`: the components return first (the MQTT session and
@@ -22,20 +22,17 @@ service with exit status 1 (systemd restarts it); nothing is acknowledged that w
 not committed, so a crash at any point loses nothing a device still holds.
 """
 import asyncio
-import collections
 import importlib
-import inspect
-import itertools
 import json
 import logging
-import os
 import signal
-import sqlite3
 import time
 
-from gateway import clock, db, ingest, intervals, settings, store
 from gateway import config as config_mod
-from gateway.pool import VerifierPool, WorkerDied
+from gateway import db
+from gateway.ingest import service as ingest_service
+from gateway.ingest import store
+from gateway.ingest.mqtt import MqttIngest
 
 COMPONENTS = {
     "ledger": "gateway.ledger.service",
@@ -47,9 +44,6 @@ COMPONENTS = {
 # does not import every component's commands the way `egs-gw` does).
 COMPONENT_SETTINGS = ("gateway.ledger.settings", "ocpp_cs.settings", "gateway.market.settings")
 
-HEARTBEAT_S = 2.0
-PUBLISH_CONCURRENCY = 8   # below aiomqtt's warning threshold of 10 pending publishes
-
 
 class Context:
     def __init__(self, config, db_path, community, log, ocpp=None):
@@ -60,330 +54,6 @@ class Context:
         self.ocpp = ocpp
         self.stopping = asyncio.Event()
         self.hooks = {"interval_closed": []}
-
-
-class Stats:
-    def __init__(self):
-        self.received = self.accepted = self.duplicates = self.rejected = self.status = 0
-        self.window = collections.deque()   # (time, accepted) samples for the rate
-
-    def add(self, outcome):
-        self.accepted += outcome.accepted
-        self.duplicates += outcome.duplicates
-        self.rejected += sum(outcome.rejected.values())
-
-    def rate(self, now, span=60.0):
-        self.window.append((now, self.accepted))
-        while len(self.window) > 2 and self.window[0][0] < now - span:
-            self.window.popleft()
-        t0, a0 = self.window[0]
-        return (self.accepted - a0) / (now - t0) if now > t0 else 0.0
-
-
-def _read_password(path):
-    if not path:
-        return None
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError as e:
-        raise config_mod.ConfigError(f"mqtt.password_file: cannot read {path}: {e.strerror}") from None
-
-
-def _inbox_type(holder):
-    """aiomqtt's incoming queue class, keeping the instance at hand in `holder` so a
-    batch can be drained with get_nowait instead of one task per message."""
-
-    class Inbox(asyncio.Queue):
-        def __init__(self, maxsize=0):
-            super().__init__(maxsize)
-            holder["q"] = self
-
-    return Inbox
-
-
-class Gateway:
-    """The ingest side of the service: MQTT in, store, acks out."""
-
-    def __init__(self, ctx):
-        self.ctx = ctx
-        cfg = ctx.config
-        self.log = ctx.log
-        self.mqtt = cfg["mqtt"]
-        self.icfg = cfg["ingest"]
-        self.host, self.port = settings.host_port(self.mqtt["broker"], "mqtt.broker")
-        self.password = _read_password(self.mqtt["password_file"])
-        self.conn = db.connect(ctx.db_path)
-        self.core = ingest.IngestCore(self.conn, ctx.community, self.icfg)
-        self.stats = Stats()
-        self.connected = False
-        self.client = None
-        self.pool = None
-        workers = self.icfg["workers"]
-        if workers < 0:
-            workers = os.cpu_count() or 1
-        self.workers = workers
-        self._out = {}                    # topic -> payload waiting to be published
-        self._out_ready = asyncio.Event()
-        self.changed = asyncio.Event()    # wakes the heartbeat on (dis)connection
-        self.halt = asyncio.Event()       # set after the components stopped: ingest ends last
-        self.sub_ocmf = f"egs/v1/{ctx.community}/+/ocmf"
-        self.sub_status = f"egs/v1/{ctx.community}/+/status"
-
-    async def start_pool(self):
-        if self.workers > 0 and self.pool is None:
-            self.pool = VerifierPool(self.workers)
-            # warm the workers up so the first batch does not pay for their start
-            await asyncio.gather(*(self.pool.submit([]) for _ in range(self.workers)))
-
-    def close(self):
-        if self.pool is not None:
-            self.pool.close()
-        self.conn.close()
-
-    def _topic(self, device, kind):
-        return f"egs/v1/{self.ctx.community}/{device}/{kind}"
-
-    async def publish(self, topic, payload, qos=1, retain=False):
-        if self.client is None or not self.connected:
-            raise ConnectionError("not connected to the MQTT broker")
-        await self.client.publish(topic, payload, qos=qos, retain=retain)
-
-    def _fire(self, topic, payload):
-        """Queue an ack or command. Per topic only the newest counts: acks coalesce."""
-        self._out[topic] = payload
-        self._out_ready.set()
-
-    async def _sender(self):
-        """Publish queued acks/commands (QoS 1), a few at a time, in order per topic."""
-        while True:
-            await self._out_ready.wait()
-            self._out_ready.clear()
-            while self._out and self.connected:
-                items = list(itertools.islice(self._out.items(), PUBLISH_CONCURRENCY))
-                for t, _ in items:
-                    del self._out[t]
-                results = await asyncio.gather(*(self.publish(t, p) for t, p in items),
-                                               return_exceptions=True)
-                for (t, p), r in zip(items, results, strict=True):
-                    if isinstance(r, Exception):   # kept for after the reconnect
-                        self.log.warning("publish to %s failed: %s", t, r)
-                        self._out.setdefault(t, p)
-                        return
-
-    async def _flush(self, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while self._out and self.connected and time.monotonic() < deadline:
-            self._out_ready.set()
-            await asyncio.sleep(0.02)
-
-    def _ask_for_replay(self):
-        """After each connection, ask every device to resend what it has not seen
-        acknowledged.
-
-        A previous run may have died, or the last connection dropped, between receiving
-        messages (the broker already considers them delivered) and committing them; only
-        the devices still hold them.
-        """
-        for d in self.core.devices.values():
-            if d.revoked:
-                continue
-            first = d.acked_seq + 1
-            self._fire(self._topic(d.id, "cmd"), json.dumps({"cmd": "resend", "from": first}))
-
-    # -- the MQTT session ------------------------------------------------------------
-    async def run(self):
-        import aiomqtt
-
-        backoff = 0.5
-        client_id = self.mqtt["client_id"] or f"egs-gw-{self.ctx.community}"
-        tls = aiomqtt.TLSParameters(ca_certs=self.mqtt["ca_file"] or None) if self.mqtt["tls"] else None
-        while not self.halt.is_set():
-            holder = {}
-            try:
-                async with aiomqtt.Client(
-                    self.host, self.port, username=self.mqtt["user"] or None, password=self.password,
-                    identifier=client_id, clean_session=False, keepalive=self.mqtt["keepalive"],
-                    queue_type=_inbox_type(holder), tls_params=tls, max_inflight_messages=100,
-                ) as client:
-                    self.client = client
-                    await client.subscribe([(self.sub_ocmf, 1), (self.sub_status, 1)])
-                    self.connected = True
-                    self.changed.set()
-                    backoff = 0.5
-                    self.log.info("connected to MQTT broker %s:%d as %s", self.host, self.port,
-                                  self.mqtt["user"] or "(anonymous)")
-                    self._ask_for_replay()
-                    await self._pump(client, holder["q"])
-            except aiomqtt.MqttError as e:
-                if self.halt.is_set():
-                    break
-                self.log.warning("MQTT broker %s:%d: %s; retrying in %.1f s", self.host, self.port, e, backoff)
-            finally:
-                self.connected = False
-                self.client = None
-                self.changed.set()
-            try:
-                await asyncio.wait_for(self.halt.wait(), backoff)
-            except TimeoutError:
-                pass
-            backoff = min(backoff * 2, self.mqtt["reconnect_max_s"])
-
-    async def _pump(self, client, queue):
-        """Receive → verify → commit → ack, batches pipelined through the pool."""
-        pending = asyncio.Queue(maxsize=max(2, self.workers + 1))
-        committer = asyncio.get_running_loop().create_task(self._committer(pending))
-        sender = asyncio.get_running_loop().create_task(self._sender())
-        self._out_ready.set()      # what is left from before a reconnect
-        messages = client.messages.__aiter__()
-        stop = asyncio.get_running_loop().create_task(self.halt.wait())
-        try:
-            while True:
-                nxt = asyncio.ensure_future(messages.__anext__())
-                done, _ = await asyncio.wait({nxt, stop, committer}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
-                    if committer in done:
-                        committer.result()  # re-raise its failure
-                    break
-                batch = [nxt.result()]
-                await self._gather(queue, batch)
-                await pending.put(self._submit(batch))
-        finally:
-            stop.cancel()
-            if not committer.done():
-                await pending.put(None)   # commit and acknowledge what is in hand
-                await committer
-            await self._flush()
-            sender.cancel()
-
-    async def _gather(self, queue, batch):
-        """Fill a batch from what has arrived, lingering up to ingest.linger_ms while more
-        keeps coming: one commit (one fsync) for many readings under load, no wait when idle."""
-        size = self.icfg["batch_size"]
-        deadline = time.monotonic() + self.icfg["linger_ms"] / 1000
-        idle = 0
-        while len(batch) < size:
-            try:
-                batch.append(queue.get_nowait())
-                idle = 0
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            idle += 1
-            if idle > 2 or time.monotonic() >= deadline:
-                return
-            await asyncio.sleep(0)      # let the MQTT reader take the next packet
-
-    def _submit(self, batch):
-        now = clock.now()
-        msgs, statuses = [], []
-        for m in batch:
-            topic = str(m.topic)
-            if topic.endswith("/status"):
-                statuses.append((topic, m.payload))
-            else:
-                msgs.append(ingest.Message(topic, m.payload if isinstance(m.payload, bytes)
-                                           else str(m.payload or "").encode(), now))
-        self.stats.received += len(batch)
-        for topic, payload in statuses:
-            self.stats.status += 1
-            try:
-                self.core.status(topic, payload if isinstance(payload, bytes) else str(payload).encode())
-            except Exception:
-                self.log.exception("status message on %s not recorded", topic)
-        work = self.core.prepare(msgs)
-        if self.pool is not None and len(work) >= self.icfg["pool_min_batch"]:
-            return msgs, work, self.pool.submit([(m.payload, pub) for m, pub in work])
-        results = self.core.verify_inline(work)
-        return msgs, work, results
-
-    async def _committer(self, pending):
-        while True:
-            item = await pending.get()
-            if item is None:
-                return
-            msgs, work, results = item
-            if isinstance(results, asyncio.Future):
-                try:
-                    values = await results
-                except WorkerDied as e:  # verify here instead
-                    self.log.error("%s; verifying in the gateway process", e)
-                    values = ingest.verify_batch([(m.payload, pub) for m, pub in work])
-                results = {id(m): r for (m, _), r in zip(work, values)}
-            outcome = self.core.commit(msgs, results)
-            self.stats.add(outcome)
-            for device, seq in outcome.acks.items():
-                self._fire(self._topic(device, "ack"), json.dumps({"seq": seq}))
-            for device, first in outcome.resend.items():
-                self.log.info("asking %s to resend from %d", device, first)
-                self._fire(self._topic(device, "cmd"), json.dumps({"cmd": "resend", "from": first}))
-            await asyncio.sleep(0)
-
-
-async def _intervals_task(ctx, gw):
-    """Recompute intervals of devices with new readings; announce newly closed ones."""
-    icfg = ctx.config["intervals"]
-    conn = db.connect(ctx.db_path)
-    intervals.set_estimate_gap(conn, icfg["estimate_gap_s"])
-    announced = set()
-    try:
-        while not gw.halt.is_set():
-            try:
-                with db.transaction(conn):
-                    intervals.refresh(conn, icfg["estimate_gap_s"])
-                closed = intervals.closed_intervals(conn, clock.now(), icfg["grace_s"], refresh_first=False)
-                fresh = [r for r in closed if r["id"] not in announced]
-                announced = {r["id"] for r in closed}
-                if fresh:
-                    for cb in list(ctx.hooks.get("interval_closed", [])):
-                        res = cb(fresh)
-                        if inspect.isawaitable(res):
-                            await res
-            except Exception:
-                ctx.log.exception("interval aggregation failed; retrying")
-            try:
-                await asyncio.wait_for(gw.halt.wait(), icfg["tick_s"])
-            except TimeoutError:
-                pass
-    finally:
-        conn.close()
-
-
-async def _heartbeat(ctx, gw, started):
-    conn = db.connect(ctx.db_path)
-    last_log = time.time()
-    logged = 0
-    try:
-        while True:
-            now = time.time()
-            s = gw.stats
-            state = {
-                "pid": os.getpid(), "started_at": started, "community": ctx.community,
-                "broker": f"{gw.host}:{gw.port}", "connected": gw.connected,
-                "received": s.received, "accepted": s.accepted, "duplicates": s.duplicates,
-                "rejected": s.rejected, "status_messages": s.status, "rate_1m": round(s.rate(now), 2),
-                "workers": gw.workers, "heartbeat_s": HEARTBEAT_S,
-                "running": not gw.halt.is_set(),
-            }
-            try:
-                with db.transaction(conn):
-                    store.put_state(conn, "service", state)
-            except sqlite3.Error as e:
-                ctx.log.warning("status heartbeat not written: %s", e)
-            if now - last_log >= 30 and s.accepted != logged:
-                ctx.log.info("ingest: %d stored (%.1f/s over the last minute), %d duplicates, %d rejected",
-                             s.accepted, state["rate_1m"], s.duplicates, s.rejected)
-                last_log, logged = now, s.accepted
-            if gw.halt.is_set():
-                return
-            gw.changed.clear()
-            waits = [asyncio.ensure_future(gw.halt.wait()), asyncio.ensure_future(gw.changed.wait())]
-            await asyncio.wait(waits, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                w.cancel()
-    finally:
-        conn.close()
 
 
 def declare_sections():
@@ -430,7 +100,7 @@ async def serve(cfg, ocpp=None, log=None):
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ctx.stopping.set)
-    gw = Gateway(ctx)
+    gw = MqttIngest(ctx)
     ctx.hooks["publish"] = gw.publish
     await gw.start_pool()
     started = time.time()
@@ -438,8 +108,8 @@ async def serve(cfg, ocpp=None, log=None):
              f"{gw.workers} worker process(es)" if gw.workers else "inline")
     core = {
         loop.create_task(gw.run(), name="ingest"),
-        loop.create_task(_intervals_task(ctx, gw), name="intervals"),
-        loop.create_task(_heartbeat(ctx, gw, started), name="heartbeat"),
+        loop.create_task(ingest_service.intervals_task(ctx, gw), name="intervals"),
+        loop.create_task(ingest_service.heartbeat(ctx, gw, started), name="heartbeat"),
     }
     parts = set()
     for name, mod in components:
@@ -516,5 +186,5 @@ if __name__ == "__main__":
     # `python -m gateway.service [options]` is `egs-gw run [options]` without loading
     # the command modules of every other component (quicker to start).
     declare_sections()
-    from gateway.commands import run_cmd
+    from gateway.run import run_cmd
     run_cmd(prog_name="egs-gw run")

@@ -21,7 +21,7 @@ on a bench with a real ESP32, so the tests never ask which one they have.
                     sim/charger.py; with --charger-id: a real charger pointed at the central
                     system (tests that must drive it skip).
 
-Time. The gateway settles fixed 15-minute intervals (gateway/intervals.py, LENGTH_S) and
+Time. The gateway settles fixed 15-minute intervals (gateway/ingest/intervals.py, LENGTH_S) and
 neither it nor the ledger has a clock option. An interval closes when the device signs a
 reading at or after its end, which the firmware always does at a quarter hour. On the
 emulator the device's clock is set back (the unix HAL's time offset, DeviceProcess
@@ -773,7 +773,8 @@ class Gateway:
                            log_path=self.log_path, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def start(self):
-        from gateway import db, store
+        from gateway import db
+        from gateway.ingest import store
 
         self.svc.start()
         conn = db.connect(self.bench.db_path)

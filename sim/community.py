@@ -537,7 +537,7 @@ class Community:
         """Each device boots unprovisioned and is configured over its console with the
         firmware's provisioning protocol (hello, provision, pubkey): its key is made on the
         device and only the public key comes back. Then it is registered."""
-        from gateway import broker as broker_mod
+        from gateway.devices import broker as broker_mod
         from sim.device import DeviceProcess
 
         self.broker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -642,7 +642,7 @@ class Community:
             self.gw(*args)
 
     def _wait_gateway(self, timeout=60):
-        from gateway import store
+        from gateway.ingest import store
 
         deadline = time.monotonic() + timeout
         while True:
@@ -783,7 +783,7 @@ class Community:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from gateway import broker as broker_mod
+        from gateway.devices import broker as broker_mod
 
         row = conn.execute(
             "SELECT r.device_id, r.seq, r.raw FROM readings r JOIN devices d ON d.id=r.device_id "

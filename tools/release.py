@@ -83,9 +83,9 @@ def load_secret(path):
 
 def load_pubkey(text_or_path):
     """A 65-byte release public key from hex, or from a file holding hex (e.g. KEY.pem.pub).
-    The installer's parser (gateway/flash.py), so both read keys the same way."""
+    The installer's parser (gateway/devices/installer.py), so both read keys the same way."""
     from gateway.cliutil import UserError
-    from gateway.flash import load_release_key
+    from gateway.devices.installer import load_release_key
 
     try:
         return load_release_key(text_or_path)
@@ -171,9 +171,9 @@ def _manifest_bytes(data):
 
 def verify_file(path, pubkey):
     """The manifest of a bundle file, or ReleaseError saying why it is refused (the
-    installer's check, gateway/flash.py)."""
+    installer's check, gateway/devices/installer.py)."""
     from gateway.cliutil import UserError
-    from gateway.flash import check_bundle
+    from gateway.devices.installer import check_bundle
 
     try:
         return check_bundle(path, pubkey)

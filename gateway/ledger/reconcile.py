@@ -15,7 +15,8 @@ What must agree (at one block):
 """
 from collections import defaultdict
 
-from gateway import accounts, intervals
+from gateway import accounts
+from gateway.ingest import intervals
 from gateway.ledger import outbox, settlement, tables
 from gateway.ledger.chain import EEA_SUPPLY
 from gateway.ledger.worker import DEPOSIT_REASON

@@ -3,7 +3,7 @@ ledger outbox intents, in one SQLite transaction.
 
 When an interval has ended at least `grace_s` ago (late readings), each account
 with devices in it is settled from the sum of its devices' interval energy
-(gateway/intervals.py; corrections of already settled intervals arrive there as
+(gateway/ingest/intervals.py; corrections of already settled intervals arrive there as
 adjustments carried into the device's next open interval):
 
     net   = export_wh - import_wh
@@ -29,7 +29,7 @@ next numbers. Devices without an account are marked settled under a marker id
 ("none:…", never on chain) so they are not reconsidered; reconcile reports them.
 
 A batch's records hash is keccak256 over the concatenated keccak256 of each raw
-OCMF record (utf-8) the batch's device intervals rest on (gateway/intervals.py
+OCMF record (utf-8) the batch's device intervals rest on (gateway/ingest/intervals.py
 `interval_readings`), ordered by device id then sequence: anyone holding the
 signed records can recompute it and match the Settled event on chain.
 """
@@ -38,8 +38,9 @@ from collections import defaultdict
 
 from eth_utils import keccak
 
-from gateway import accounts, clock, intervals
+from gateway import accounts, clock
 from gateway.db import transaction
+from gateway.ingest import intervals
 from gateway.ledger import commission, faults, intents, outbox, tables
 
 REASON = "interval"

@@ -54,7 +54,8 @@ SCHEMA = [
 
 
 def init(conn):
-    from gateway import accounts, store
+    from gateway import accounts
+    from gateway.ingest import store
     from gateway.ledger import outbox
 
     store.init(conn)

@@ -1,0 +1,602 @@
+"""Verification pipeline for signed readings arriving over MQTT.
+
+A message passes, in order:
+  1. topic `egs/v1/<community>/<device>/ocmf` of our community, size limit;
+  2. known device, not revoked;
+  3. OCMF structure, algorithm ECDSA-secp256r1-SHA256, signature verified with
+     `cryptography` against the registered public key (the expensive step: it runs
+     in `verify_batch`, inline or in a process pool);
+  4. sequence (PG "F<n>"): a number already stored is a duplicate — acknowledged
+     again, stored once — unless its content differs (a reused sequence: rejected);
+     a number below the device's first sequence (default 1) is a replay; a jump
+     forward records a gap and asks the device to resend from the first missing
+     number (a gap the device cannot fill is given up after `gap_give_up` requests);
+  5. meter serial is one registered for the device, never an older meter's after a
+     newer one's;
+  6. cumulative registers do not decrease against the neighbouring readings, unless
+     a meter replacement lies between them (new epoch, new baseline);
+  7. plausible time: status "S"/"I" must be after `min_time` and at most
+     `max_future_s` ahead; "U" (unknown) and "R" (relative) are kept but flagged
+     untrusted and not used for intervals.
+
+Every rejection is kept in quarantine with its reason and logged as a security
+event. A batch of messages is committed in one transaction; only then is each
+device sent `…/ack {"seq": n}`, n the highest sequence up to which everything is
+durably stored, so a device never deletes a record the gateway could still lose.
+
+`IngestCore` is the synchronous, testable core (store decisions); gateway/service.py
+feeds it from MQTT and publishes what it returns.
+"""
+import json
+import logging
+import re
+import sqlite3
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway import clock as domain_clock
+from gateway.db import transaction
+from gateway.ingest import intervals, store
+from protocol import topics
+
+ALGORITHM = "ECDSA-secp256r1-SHA256"
+TRUSTED_TIME = ("S", "I")
+# A sequence must fit SQLite's INTEGER: a larger one would fail an INSERT (reading
+# or quarantine) and roll back the whole batch every time the device replays it.
+MAX_SEQ = 2 ** 63 - 1
+
+# Rejection reasons (quarantine.reason and security_events.kind).
+REASONS = {
+    "bad_topic": "topic is not egs/v1/<community>/<device>/ocmf of this community",
+    "oversize": "message larger than ingest.max_record_bytes",
+    "unknown_device": "no device registered under this id",
+    "revoked_device": "device is revoked",
+    "malformed": "not a well-formed OCMF fiscal reading",
+    "bad_algorithm": "signature algorithm other than ECDSA-secp256r1-SHA256",
+    "bad_signature": "signature does not verify with the registered public key",
+    "meter_serial_mismatch": "meter serial is not the one registered for the device",
+    "sequence_reused": "sequence number already stored with different content",
+    "replayed_sequence": "sequence number below the device's stored baseline",
+    "register_decreased": "cumulative register lower than an earlier reading of the same meter",
+    "implausible_time": "reading time before ingest.min_time or too far in the future",
+    "internal_error": "the gateway failed to store this message (a defect: see its log)",
+}
+
+log = logging.getLogger("egs.gateway.ingest.core")
+
+# ---- verification (runs in a worker process or inline) ------------------------
+
+_KEYS = {}
+_ECDSA = ec.ECDSA(hashes.SHA256())
+
+
+def _key(pub65):
+    k = _KEYS.get(pub65)
+    if k is None:
+        if len(_KEYS) > 4096:
+            _KEYS.clear()
+        k = _KEYS[pub65] = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), pub65)
+    return k
+
+
+# Our devices' exact layout (protocol.ocmf.build_payload): compact, fixed key order,
+# strings without escapes. A record matching it entirely has one unambiguous
+# reading, so its fields can be taken from the match instead of a general JSON
+# parse, which costs as much as the signature check itself; anything else (other
+# chargers' variants, escapes, whitespace) goes through protocol.ocmf.parse.
+# tests/test_gateway_ingest.py checks both paths agree.
+_S = r'"([^"\\\x00-\x1f\x7f|]*)"'
+_KWH = r'(0|[1-9][0-9]{0,14})\.([0-9]{3})'
+_FAST = re.compile(
+    r'OCMF\|(\{"FV":"1\.0","GI":' + _S + ',"GS":' + _S + ',"GV":' + _S
+    + r',"PG":"F(0|[1-9][0-9]{0,17})","MV":' + _S + ',"MM":' + _S + ',"MS":' + _S
+    + r',"RD":\[\{"TM":"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2}),000\+0000 ([UISR])"'
+    + ',"RV":' + _KWH + r',"RI":"1-0:1\.8\.0","RU":"kWh","RT":"AC","EF":"[Et]{0,2}","ST":"[A-Z]"\}'
+    + r',\{"RV":' + _KWH + r',"RI":"1-0:2\.8\.0","RU":"kWh"\}\]\})'
+    + r'\|\{"SA":"ECDSA-secp256r1-SHA256","SD":"([0-9A-Fa-f]{16,300})"\}')
+_MDAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _days_from_civil(y, m, d):
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def fast_parse(raw):
+    """(payload_bytes, der, seq, import_wh, export_wh, time_epoch, time_status, meter_serial)
+    for a record in our devices' exact layout, else None."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    except UnicodeDecodeError:
+        return None
+    m = _FAST.fullmatch(text)
+    if m is None:
+        return None
+    (payload, _gi, _gs, _gv, seq, _mv, _mm, serial, y, mo, d, hh, mi, ss, tstatus,
+     i_kwh, i_frac, e_kwh, e_frac, sd) = m.groups()
+    y, mo, d, hh, mi, ss = int(y), int(mo), int(d), int(hh), int(mi), int(ss)
+    if not (1 <= mo <= 12 and 1 <= d <= _MDAYS[mo - 1] and hh < 24 and mi < 60 and ss < 60):
+        return None
+    if mo == 2 and d == 29 and not (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)):
+        return None
+    if len(sd) % 2:
+        return None
+    t = _days_from_civil(y, mo, d) * 86400 + hh * 3600 + mi * 60 + ss
+    return (payload.encode("utf-8"), bytes.fromhex(sd), int(seq), int(i_kwh) * 1000 + int(i_frac),
+            int(e_kwh) * 1000 + int(e_frac), t, tstatus, serial)
+
+
+def _general_parse(raw):
+    """The same fields through protocol.ocmf.parse; ("reject", ...) on any problem."""
+    from protocol import ocmf
+
+    try:
+        rec = ocmf.parse(raw)
+    except ocmf.OcmfError as e:
+        return ("reject", "malformed", str(e), None)
+    except (ValueError, TypeError, UnicodeError, RecursionError) as e:  # parse promises OcmfError
+        return ("reject", "malformed", f"{type(e).__name__}: {e}", None)
+    seq = rec.sequence if isinstance(rec.sequence, int) and 0 <= rec.sequence <= MAX_SEQ else None
+    if rec.algorithm.strip().upper() != ALGORITHM.upper():
+        return ("reject", "bad_algorithm", f"signature algorithm {rec.algorithm!r}", seq)
+    return (rec.payload_bytes, rec.signature_der, seq, rec.import_wh, rec.export_wh, rec.time_epoch,
+            rec.time_status, rec.meter_serial, rec.pagination)
+
+
+def verify_one(raw, pub65):
+    """("ok", seq, import_wh, export_wh, time_epoch, time_status, meter_serial)
+    or ("reject", reason, detail, seq_or_None)."""
+    f = fast_parse(raw)
+    if f is not None:
+        pagination = "F"
+    else:
+        f = _general_parse(raw)
+        if f[0] == "reject":
+            return f
+        pagination = f[8] or ""
+    payload, der, seq, imp, exp, t, tstatus, serial = f[:8]
+    try:
+        _key(pub65).verify(der, payload, _ECDSA)
+    except InvalidSignature:
+        return ("reject", "bad_signature", "signature does not verify with the registered key", seq)
+    except ValueError as e:  # a key that cryptography refuses
+        return ("reject", "bad_signature", f"registered key unusable: {e}", seq)
+    problems = []
+    if seq is None or not pagination.strip().startswith("F"):
+        problems.append(f"pagination {pagination[:40]!r} is not a fiscal sequence F<n>, n <= 2**63 - 1")
+    if not isinstance(imp, int) or not isinstance(exp, int):
+        problems.append("import (1-0:1.8.0) and export (1-0:2.8.0) registers are both required")
+    if not isinstance(t, int):
+        problems.append("reading time missing or unreadable")
+    if not serial:
+        problems.append("meter serial (MS) missing")
+    if problems:
+        return ("reject", "malformed", "; ".join(problems), seq)
+    return ("ok", seq, imp, exp, t, str(tstatus or "U"), str(serial))
+
+
+def verify_batch(items):
+    """[(raw, pub65)] -> results of `verify_one`; the unit of work for the process pool."""
+    return [verify_one(raw, pub) for raw, pub in items]
+
+
+# ---- the core ----------------------------------------------------------------
+
+class Message:
+    """One received message on its way through the pipeline."""
+
+    __slots__ = ("device", "payload", "received_at", "reject", "topic")
+
+    def __init__(self, topic, payload, received_at=None):
+        self.topic = str(topic)
+        self.payload = bytes(payload) if payload is not None else b""
+        self.device = None       # device id once the topic is parsed
+        self.reject = None       # (reason, detail) decided before verification
+        self.received_at = received_at or domain_clock.now()
+
+
+class Outcome:
+    """What a committed batch asks the service to publish."""
+
+    def __init__(self):
+        self.acks = {}       # device -> highest contiguous stored sequence
+        self.resend = {}     # device -> first missing sequence
+        self.accepted = 0
+        self.duplicates = 0
+        self.rejected = {}   # reason -> count
+
+    def reject(self, reason):
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def merge(self, other):
+        """Add a later Outcome of the same service round (its acks are the newer)."""
+        self.acks.update(other.acks)
+        self.resend.update(other.resend)
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        for reason, n in other.rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + n
+
+
+class _Device:
+    __slots__ = (
+        "acked_seq",
+        "epochs",
+        "first_seq",
+        "id",
+        "last_regs",
+        "last_seq",
+        "pub",
+        "revoked",
+    )
+
+    def __init__(self, row, epochs):
+        self.id = row["id"]
+        self.pub = bytes.fromhex(row["pubkey"])
+        self.revoked = bool(row["revoked"])
+        self.epochs = epochs                   # meter serial -> epoch
+        self.first_seq = row["first_seq"] if row["first_seq"] is not None else 1
+        self.last_seq = row["last_seq"]
+        self.acked_seq = row["acked_seq"] if row["acked_seq"] is not None else self.first_seq - 1
+        self.last_regs = None                  # (import, export, epoch) at last_seq
+
+
+def _topic_parts(topic):
+    return topics.parse(topic)
+
+
+class IngestCore:
+    """Decides and stores; keeps a cache of each device's sequence state.
+
+    Single writer: only one ingest may run against a database (the service).
+    """
+
+    def __init__(self, conn, community, cfg=None, clock=domain_clock.now):
+        cfg = cfg or {}
+        self.conn = conn
+        self.community = community
+        self.max_bytes = cfg.get("max_record_bytes", 16384)
+        self.min_time = cfg.get("min_time", 1577836800)
+        self.max_future_s = cfg.get("max_future_s", 300)
+        self.resend_cooldown_s = cfg.get("resend_cooldown_s", 10.0)
+        self.gap_give_up = cfg.get("gap_give_up", 5)
+        self.clock = clock
+        self.devices = {}
+        self.version = None
+        self._resent = {}   # device -> (from, at)
+        store.init(conn)
+        self.reload()
+
+    # registry ------------------------------------------------------------------
+    def reload(self):
+        epochs = {}
+        for r in self.conn.execute("SELECT device_id, epoch, meter_serial FROM meters"):
+            epochs.setdefault(r[0], {})[r[2]] = r[1]
+        devices = {}
+        for row in self.conn.execute("SELECT * FROM devices"):
+            d = _Device(row, epochs.get(row["id"], {}))
+            if d.last_seq is not None:
+                r = self.conn.execute(
+                    "SELECT import_wh, export_wh, meter_epoch FROM readings WHERE device_id=? AND seq=?",
+                    (d.id, d.last_seq)).fetchone()
+                d.last_regs = tuple(r) if r else None
+            devices[d.id] = d
+        self.devices = devices
+        self.version = store.registry_version(self.conn)
+
+    def refresh_registry(self):
+        if store.registry_version(self.conn) != self.version:
+            self.reload()
+
+    # stage 1: before verification -------------------------------------------------
+    def prepare(self, messages):
+        """Resolve devices; returns [(message, pub65)] to verify. Refreshes the registry."""
+        self.refresh_registry()
+        work = []
+        for m in messages:
+            try:
+                community, device, kind = _topic_parts(m.topic)
+            except ValueError as e:
+                m.reject = ("bad_topic", str(e))
+                continue
+            if community != self.community or kind != "ocmf":
+                m.reject = ("bad_topic",
+                            f"topic {m.topic!r} is not an ocmf topic of community {self.community!r}")
+                continue
+            m.device = device
+            if len(m.payload) > self.max_bytes:
+                m.reject = ("oversize", f"{len(m.payload)} bytes > {self.max_bytes}")
+                continue
+            d = self.devices.get(device)
+            if d is None:
+                m.reject = ("unknown_device", f"no device {device!r} is registered")
+                continue
+            if d.revoked:
+                m.reject = ("revoked_device", f"device {device} is revoked")
+                continue
+            work.append((m, d.pub))
+        return work
+
+    # stage 2: after verification, one transaction --------------------------------------
+    def commit(self, messages, results):
+        """Store a batch. `results` maps id(message) -> verify_one result.
+
+        Returns an Outcome; acks in it are only valid because the transaction committed.
+        """
+        out = Outcome()
+        touched = {}
+        now = self.clock()
+        try:
+            with transaction(self.conn):
+                for m in messages:
+                    if m.reject is not None:
+                        self._reject(m, out, *m.reject, seq=None)
+                        continue
+                    res = results[id(m)]
+                    if res[0] != "ok":
+                        self._reject(m, out, res[1], res[2], seq=res[3])
+                        if res[1] not in ("malformed", "bad_algorithm", "bad_signature"):
+                            touched.setdefault(m.device, None)
+                        continue
+                    self._accept(m, res, out, touched, now)
+                for device_id in touched:
+                    self._chase_gap(device_id, out, now)
+                for device_id, min_time in touched.items():
+                    self._finish_device(device_id, min_time, now)
+        except sqlite3.OperationalError:
+            # the store (locked, disk full, I/O), not a message: everything is replayed later
+            log.exception("ingest batch of %d messages rolled back; devices will replay", len(messages))
+            self.reload()
+            return Outcome()
+        except Exception as e:
+            # A message this code cannot store would fail its whole batch again on every
+            # replay, holding up every device in it: store the batch message by message,
+            # and quarantine the one that fails (its device's gap is then chased, and
+            # given up after ingest.gap_give_up requests, like a lost record).
+            self.reload()
+            if len(messages) == 1:
+                return self._poisoned(messages[0], e)
+            log.exception("ingest batch of %d messages failed; storing them one by one",
+                          len(messages))
+            out = Outcome()
+            for m in messages:
+                out.merge(self.commit([m], results))
+            return out
+        for device_id in touched:
+            out.acks[device_id] = self.devices[device_id].acked_seq
+        return out
+
+    def _poisoned(self, m, error):
+        log.error("cannot store a message from %s: %r", m.device or m.topic, error,
+                  exc_info=error)
+        out = Outcome()
+        try:
+            with transaction(self.conn):
+                self._reject(m, out, "internal_error", f"{type(error).__name__}: {error}"[:500],
+                             seq=None)
+        except Exception:  # not even quarantined: the device replays it later
+            log.exception("cannot quarantine it either")
+            self.reload()
+            return Outcome()
+        return out
+
+    def _chase_gap(self, device_id, out, now):
+        """Ask a device that is sending for its first missing sequence, now and then.
+
+        A device that keeps sending but never fills the gap no longer has those records
+        (its flash was wiped: the firmware then skips numbers rather than reuse them).
+        After `gap_give_up` requests the gap is recorded as lost (a security event) and
+        acknowledgements move past it, or the device's log would stall for ever.
+        """
+        d = self.devices[device_id]
+        if d.last_seq is None or d.acked_seq >= d.last_seq:
+            self._resent.pop(device_id, None)
+            return
+        first = d.acked_seq + 1
+        prev = self._resent.get(device_id)
+        if prev is not None and prev[0] == first:
+            if now - prev[1] < self.resend_cooldown_s:
+                return
+            attempts = prev[2] + 1
+        else:
+            attempts = 1
+        if self.gap_give_up and attempts > self.gap_give_up:
+            self._abandon(d, now)
+            self._resent.pop(device_id, None)
+            return self._chase_gap(device_id, out, now)
+        out.resend[device_id] = first
+        self._resent[device_id] = (first, now, attempts)
+
+    def _abandon(self, d, now):
+        nxt = self.conn.execute("SELECT MIN(seq) FROM readings WHERE device_id=? AND seq>?",
+                                (d.id, d.acked_seq)).fetchone()[0]
+        lo, hi = d.acked_seq + 1, nxt - 1
+        self.conn.execute(
+            "UPDATE sequence_gaps SET filled_at=?, lost=1 WHERE device_id=? AND filled_at IS NULL "
+            "AND from_seq<=? AND to_seq>=?", (now, d.id, hi, lo))
+        if not self.conn.execute("SELECT 1 FROM sequence_gaps WHERE device_id=? AND lost=1 AND from_seq<=? "
+                                 "AND to_seq>=?", (d.id, lo, hi)).fetchone():
+            self.conn.execute("INSERT INTO sequence_gaps(device_id, from_seq, to_seq, detected_at, filled_at, "
+                              "lost) VALUES(?, ?, ?, ?, ?, 1)", (d.id, lo, hi, now, now))
+        detail = (f"sequences {lo}..{hi} never arrived after {self.gap_give_up} resend requests; "
+                  "acknowledging past them")
+        store.add_event(self.conn, d.id, "readings_lost", detail)
+        log.warning("device %s: %s", d.id, detail)
+        d.acked_seq = self._contiguous(d.id, nxt)
+
+    def _reject(self, m, out, reason, detail, seq):
+        out.reject(reason)
+        qid, new = store.quarantine(self.conn, m.topic, m.payload, reason, detail,
+                                    device_id=m.device, seq=seq, at=m.received_at)
+        if new:
+            store.add_event(self.conn, m.device, reason, detail, quarantine_id=qid, at=m.received_at)
+            log.warning("rejected %s from %s: %s", reason, m.device or m.topic, detail)
+
+    def _stored(self, device_id, seq):
+        return self.conn.execute(
+            "SELECT raw, import_wh, export_wh, meter_epoch FROM readings WHERE device_id=? AND seq=?",
+            (device_id, seq)).fetchone()
+
+    def _neighbours(self, device_id, seq):
+        prev = self.conn.execute(
+            "SELECT seq, import_wh, export_wh, meter_epoch FROM readings WHERE device_id=? AND seq<? "
+            "ORDER BY seq DESC LIMIT 1", (device_id, seq)).fetchone()
+        nxt = self.conn.execute(
+            "SELECT seq, import_wh, export_wh, meter_epoch FROM readings WHERE device_id=? AND seq>? "
+            "ORDER BY seq LIMIT 1", (device_id, seq)).fetchone()
+        return prev, nxt
+
+    def _accept(self, m, res, out, touched, now):
+        _, seq, imp, exp, t, tstatus, serial = res
+        d = self.devices[m.device]
+        raw = m.payload.decode("utf-8")
+        # 4. sequence: duplicate, reuse, replay from before the device's first number
+        top = d.acked_seq if d.last_seq is None else d.last_seq
+        if seq <= top:
+            row = self._stored(d.id, seq)
+            if row is not None:
+                touched.setdefault(d.id, None)
+                if row[0] == raw or _payload_of(row[0]) == _payload_of(raw):   # same signed statement
+                    out.duplicates += 1
+                    return
+                return self._reject(m, out, "sequence_reused",
+                                    f"sequence {seq} is already stored with different content", seq)
+            if seq <= d.acked_seq and not self._in_lost_gap(d.id, seq):
+                touched.setdefault(d.id, None)
+                return self._reject(m, out, "replayed_sequence",
+                                    f"sequence {seq} is below the device's first sequence {d.first_seq}", seq)
+        # 5. meter serial
+        epoch = d.epochs.get(serial)
+        if epoch is None:
+            touched.setdefault(d.id, None)
+            return self._reject(m, out, "meter_serial_mismatch",
+                                f"meter serial {serial!r} is not registered for {d.id}", seq)
+        # 6. registers against the neighbours in sequence order
+        if seq > top:
+            prev = d.last_regs
+            nxt = None
+        else:
+            p, n = self._neighbours(d.id, seq)
+            prev = tuple(p[1:]) if p else None
+            nxt = tuple(n[1:]) if n else None
+        problem = _register_problem(prev, (imp, exp, epoch), nxt)
+        if problem:
+            touched.setdefault(d.id, None)
+            return self._reject(m, out, problem[0], problem[1], seq)
+        # 7. time
+        trusted = tstatus in TRUSTED_TIME
+        if trusted and not (self.min_time <= t <= now + self.max_future_s):
+            touched.setdefault(d.id, None)
+            return self._reject(m, out, "implausible_time",
+                                f"reading time {t} with status {tstatus!r} is not plausible", seq)
+        self.conn.execute(
+            "INSERT INTO readings(device_id, seq, meter_epoch, meter_serial, import_wh, export_wh, "
+            "time_epoch, time_status, time_trusted, raw, received_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+            (d.id, seq, epoch, serial, imp, exp, t, tstatus, int(trusted), raw, m.received_at))
+        out.accepted += 1
+        if prev is not None and epoch > prev[2]:
+            store.add_event(self.conn, d.id, "meter_baseline",
+                            f"sequence {seq}: first reading of meter {serial} (epoch {epoch})")
+        if seq > top:
+            if seq > top + 1:
+                self._gap(d, top + 1, seq - 1, now)
+            d.last_seq = seq
+            d.last_regs = (imp, exp, epoch)
+        if seq == d.acked_seq + 1:
+            d.acked_seq = seq if seq == d.last_seq else self._contiguous(d.id, seq)
+        if trusted:
+            t_min = touched.get(d.id)
+            touched[d.id] = t if t_min is None else min(t_min, t)
+        else:
+            touched.setdefault(d.id, None)
+
+    def _in_lost_gap(self, device_id, seq):
+        return self.conn.execute("SELECT 1 FROM sequence_gaps WHERE device_id=? AND lost=1 AND from_seq<=? "
+                                 "AND to_seq>=?", (device_id, seq, seq)).fetchone() is not None
+
+    def _contiguous(self, device_id, start):
+        n = start
+        for (s,) in self.conn.execute(
+                "SELECT seq FROM readings WHERE device_id=? AND seq>? ORDER BY seq", (device_id, start)):
+            if s != n + 1:
+                break
+            n = s
+        return n
+
+    def _gap(self, d, lo, hi, now):
+        self.conn.execute(
+            "INSERT INTO sequence_gaps(device_id, from_seq, to_seq, detected_at) VALUES(?, ?, ?, ?)",
+            (d.id, lo, hi, now))
+        log.info("device %s: sequence gap %d..%d", d.id, lo, hi)
+
+    def _finish_device(self, device_id, min_time, now):
+        d = self.devices[device_id]
+        self.conn.execute("UPDATE devices SET last_seq=?, acked_seq=?, last_seen=? WHERE id=?",
+                          (d.last_seq, d.acked_seq, now, device_id))
+        self.conn.execute(
+            "UPDATE sequence_gaps SET filled_at=? WHERE device_id=? AND filled_at IS NULL AND to_seq<=?",
+            (now, device_id, d.acked_seq))
+        if min_time is not None:
+            intervals.mark_dirty(self.conn, device_id, min_time)
+
+    # status messages -------------------------------------------------------------
+    def status(self, topic, payload):
+        """Record a device's retained status; returns the device id or None if ignored."""
+        try:
+            community, device, kind = _topic_parts(topic)
+        except ValueError:
+            return None
+        if community != self.community or kind != "status":
+            return None
+        d = self.devices.get(device)
+        if d is None:
+            self.refresh_registry()
+            d = self.devices.get(device)
+        if d is None:
+            log.info("status from unregistered device %s ignored", device)
+            return None
+        text = bytes(payload or b"")[:4096].decode("utf-8", "replace").strip()
+        try:
+            body = json.loads(text) if text else {"state": "offline"}
+        except (ValueError, RecursionError):   # deep nesting raises RecursionError
+            body = {"state": text}
+        if not isinstance(body, dict):
+            body = {"state": str(body)}
+        with transaction(self.conn):
+            before = store.get_device(self.conn, device)["status"] or {}
+            store.set_status(self.conn, device, body, self.clock())
+            pub = body.get("pubkey")
+            if isinstance(pub, str) and pub and pub.lower() != d.pub.hex() and pub != before.get("pubkey"):
+                store.add_event(self.conn, device, "status_pubkey_mismatch",
+                                f"device announces public key {pub[:20]}…, not the registered one")
+        return device
+
+    def verify_inline(self, work):
+        return {id(m): r for (m, _), r in zip(work, verify_batch([(m.payload, pub) for m, pub in work]))}
+
+
+def _payload_of(raw):
+    f = fast_parse(raw)
+    if f is None:
+        f = _general_parse(raw)
+    return f[0]
+
+
+def _register_problem(prev, cur, nxt):
+    """Registers must not decrease within a meter epoch; epochs must not go back."""
+    for a, b in ((prev, cur), (cur, nxt)):
+        if a is None or b is None:
+            continue
+        if b[2] < a[2]:
+            return ("meter_serial_mismatch",
+                    f"a reading of a replaced meter (epoch {b[2]}) after one of epoch {a[2]}")
+        if b[2] == a[2] and (b[0] < a[0] or b[1] < a[1]):
+            return ("register_decreased",
+                    f"import/export {b[0]}/{b[1]} Wh after {a[0]}/{a[1]} Wh of the same meter")
+    return None

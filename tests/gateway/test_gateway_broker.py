@@ -1,0 +1,212 @@
+"""Broker security with real mosquitto and the configuration `egs-gw broker config` writes."""
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.devices import broker
+from gateway.ingest import store
+from tests.gateway.fixtures import (  # noqa: F401
+    COMMUNITY,
+    Peer,
+    Signer,
+    cli_invoke,
+    gwdb_fixture,
+    secured_broker,
+    topic,
+)
+
+
+@pytest.fixture
+def secured(tmp_path, gwdb):
+    Signer("dev1").register(gwdb)
+    Signer("dev2").register(gwdb)
+    mosq, summary = secured_broker(tmp_path, gwdb, tmp_path / "gw.sqlite")
+    with mosq:
+        peers = []
+
+        def peer(user, password=None, **kw):
+            if password is None:
+                password = broker.credential(summary["dir"], user, create=False)
+            p = Peer(mosq.port, user, password, client_id=f"{user}-{len(peers)}", **kw)
+            peers.append(p)
+            return p
+
+        yield mosq, summary, peer
+        for p in peers:
+            p.close()
+
+
+def test_config_files_and_credentials(secured):
+    _, s, _ = secured
+    assert s["devices"] == ["dev1", "dev2"] and s["gateway_user"] == "egs-gateway"
+    for user, path in s["credentials"].items():
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode == 0o600, (user, oct(mode))
+    passwd = Path(s["passwd"]).read_text()
+    assert "dev1:$7$" in passwd and "egs-gateway:$" in passwd
+    assert broker.credential(s["dir"], "dev1", create=False) not in passwd   # hashed, not clear text
+    acl = Path(s["acl"]).read_text()
+    assert f"pattern write egs/v1/{COMMUNITY}/%u/ocmf" in acl
+    assert f"pattern read egs/v1/{COMMUNITY}/%u/ack" in acl
+
+
+def test_device_cannot_publish_under_another_id(secured):
+    _, _, peer = secured
+    gw = peer("egs-gateway")
+    assert gw.connect()
+    gw.subscribe(f"egs/v1/{COMMUNITY}/+/ocmf")
+    gw.subscribe(f"egs/v1/{COMMUNITY}/+/status")
+    dev1 = peer("dev1")
+    assert dev1.connect()
+    dev1.publish(topic("dev2"), b"forged by dev1")
+    dev1.publish(topic("dev2", "status"), b'{"state":"online"}')
+    dev1.publish(topic("dev1"), b"own reading")          # positive control, sent after
+    assert gw.get() == (topic("dev1"), b"own reading")
+    assert gw.get(timeout=0.5) is None
+    assert all(payload != b"forged by dev1" for _, payload in gw.log)
+
+
+def test_device_cannot_read_another_devices_ack_or_cmd(secured):
+    _, _, peer = secured
+    dev1 = peer("dev1")
+    assert dev1.connect()
+    dev1.subscribe(topic("dev2", "ack"))
+    dev1.subscribe(topic("dev2", "cmd"))
+    dev1.subscribe(f"egs/v1/{COMMUNITY}/+/ack")
+    dev1.subscribe(topic("dev1", "ack"))
+    gw = peer("egs-gateway")
+    assert gw.connect()
+    gw.publish(topic("dev2", "ack"), b'{"seq": 7}')
+    gw.publish(topic("dev2", "cmd"), b'{"cmd": "reboot"}')
+    gw.publish(topic("dev1", "ack"), b'{"seq": 1}')       # positive control, sent after
+    got = dev1.get()
+    assert got == (topic("dev1", "ack"), b'{"seq": 1}')
+    dev1.get(timeout=0.5)
+    assert all(t.split("/")[3] == "dev1" for t, _ in dev1.log)
+
+
+def test_device_cannot_forge_acks_or_commands(secured):
+    _, _, peer = secured
+    dev2 = peer("dev2")
+    assert dev2.connect()
+    dev2.subscribe(topic("dev2", "ack"))
+    dev2.subscribe(topic("dev2", "cmd"))
+    dev1 = peer("dev1")
+    assert dev1.connect()
+    dev1.publish(topic("dev2", "ack"), b'{"seq": 999999}')
+    dev1.publish(topic("dev2", "cmd"), b'{"cmd": "reboot"}')
+    dev1.publish(topic("dev1", "ack"), b'{"seq": 999999}')   # not even its own ack
+    gw = peer("egs-gateway")
+    assert gw.connect()
+    gw.publish(topic("dev2", "ack"), b'{"seq": 3}')
+    assert dev2.get() == (topic("dev2", "ack"), b'{"seq": 3}')
+    assert dev2.get(timeout=0.5) is None
+
+
+@pytest.mark.parametrize("user,password", [("nobody", "guess"), ("dev1", "wrong"), (None, None)])
+def test_unknown_user_wrong_password_and_anonymous_refused(secured, user, password):
+    _, _, peer = secured
+    p = peer(user or "anon", password) if user else peer("anon", "")
+    if user is None:
+        p.c.username_pw_set(None, None)
+    assert not p.connect(timeout=3)
+    assert p.reason is not None and p.reason.is_failure
+
+
+def test_revoked_device_loses_its_credential(tmp_path, gwdb):
+    Signer("dev1").register(gwdb)
+    db_path = tmp_path / "gw.sqlite"
+    mosq, s = secured_broker(tmp_path, gwdb, db_path)
+    old = broker.credential(s["dir"], "dev1", create=False)
+    with mosq:
+        p = Peer(mosq.port, "dev1", old, client_id="dev1-a")
+        assert p.connect()
+        p.close()
+        res = cli_invoke("device", "revoke", "--db", db_path, "--id", "dev1", "--broker-dir", s["dir"], "--json")
+        assert res.exit_code == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["broker_credential_removed"] is True and out["broker_reloaded"] is True
+        assert "dev1:" not in Path(s["passwd"]).read_text()
+        p = Peer(mosq.port, "dev1", old, client_id="dev1-b")
+        try:
+            assert not p.connect(timeout=3)      # the running broker re-read its password file
+        finally:
+            p.close()
+    # regenerating keeps the gateway's password and leaves the revoked device out
+    res = cli_invoke("broker", "config", "--db", db_path, "--out", s["dir"], "--community", COMMUNITY,
+                     "--port", mosq.port, "--json")
+    s2 = json.loads(res.stdout)
+    assert s2["devices"] == [] and s2["reloaded"] is False
+    assert broker.credential(s["dir"], "egs-gateway", create=False) == \
+        Path(s["gateway_password_file"]).read_text().strip()
+    assert store.get_device(gwdb, "dev1")["revoked"] is True
+
+
+def test_tls_listener_config(tmp_path, gwdb):
+    """The TLS option writes a TLS listener mosquitto accepts, and a TLS client connects."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from sim.services import Mosquitto, free_port
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    Signer("dev1").register(gwdb)
+    port, tls_port = free_port(), free_port()
+    res = cli_invoke("broker", "config", "--db", tmp_path / "gw.sqlite", "--out", tmp_path / "b",
+                 "--community", COMMUNITY, "--port", port, "--tls-port", tls_port, "--tls-host", "127.0.0.1",
+                 "--certfile", tmp_path / "cert.pem", "--keyfile", tmp_path / "key.pem", "--run-as", "root",
+                 "--json")
+    assert res.exit_code == 0, res.stderr
+    s = json.loads(res.stdout)
+    with Mosquitto(tmp_path / "b", port=port, config_text=Path(s["config"]).read_text()):
+        from sim.services import wait_port
+        wait_port(tls_port)
+        p = Peer(tls_port, "dev1", broker.credential(s["dir"], "dev1", create=False), client_id="tls1")
+        p.c.tls_set(ca_certs=str(tmp_path / "cert.pem"), cert_reqs=ssl.CERT_REQUIRED)
+        try:
+            assert p.connect()
+        finally:
+            p.close()
+    res = cli_invoke("broker", "config", "--db", tmp_path / "gw.sqlite", "--out", tmp_path / "c",
+                 "--community", COMMUNITY, "--tls-port", 8883)
+    assert res.exit_code == 1 and res.stderr.strip() == \
+        "egs-gw: error: a TLS listener needs --certfile and --keyfile"
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--community", "c1\nuser\tdev2"), "community"),
+    (("--community", "c1 c2"), "community"),
+    (("--host", "127.0.0.1\nallow_anonymous true"), "host"),
+    (("--run-as", "root\nallow_anonymous true"), "run-as user"),
+])
+def test_values_that_would_add_config_lines_are_refused(tmp_path, gwdb, args, message):
+    """A community, address or user ends up in a line of the ACL or mosquitto.conf: a line
+    break in one would add directives (another user's topics, anonymous access)."""
+    Signer("dev1").register(gwdb)
+    base = {"--community": COMMUNITY}
+    base.update(dict(zip(args[::2], args[1::2])))
+    flat = [x for kv in base.items() for x in kv]
+    res = cli_invoke("broker", "config", "--db", tmp_path / "gw.sqlite", "--out", tmp_path / "b", *flat)
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+    assert not (tmp_path / "b" / "acl").exists() and not (tmp_path / "b" / "mosquitto.conf").exists()
