@@ -83,7 +83,7 @@ def cpu_snapshot(pid):
 def raw_verify_rate(devices, seconds=1.5, cpu=False):
     """cryptography verify calls per second on one core over the same records
     (per second of wall time, or with cpu=True per second of this process's CPU time)."""
-    from gateway.ingest.core import fast_parse
+    from gateway.ingest.verify import fast_parse
     items = []
     for _, pub, recs in devices:
         key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), pub)

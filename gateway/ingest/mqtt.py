@@ -16,7 +16,7 @@ import time
 from gateway import clock, db
 from gateway import config as config_mod
 from gateway.ingest import core as ingest
-from gateway.ingest import settings
+from gateway.ingest import settings, verify
 from gateway.ingest.pool import VerifierPool, WorkerDied
 
 PUBLISH_CONCURRENCY = 8   # below aiomqtt's warning threshold of 10 pending publishes
@@ -269,7 +269,7 @@ class MqttIngest:
                     values = await results
                 except WorkerDied as e:  # verify here instead
                     self.log.error("%s; verifying in the gateway process", e)
-                    values = ingest.verify_batch([(m.payload, pub) for m, pub in work])
+                    values = verify.verify_batch([(m.payload, pub) for m, pub in work])
                 results = {id(m): r for (m, _), r in zip(work, values)}
             outcome = self.core.commit(msgs, results)
             self.stats.add(outcome)

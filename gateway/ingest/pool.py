@@ -11,7 +11,7 @@ import asyncio
 import collections
 import multiprocessing
 
-from gateway.ingest import core as ingest
+from gateway.ingest import verify
 
 
 def _worker(conn):
@@ -22,7 +22,7 @@ def _worker(conn):
             return
         if items is None:
             return
-        conn.send(ingest.verify_batch(items))
+        conn.send(verify.verify_batch(items))
 
 
 class WorkerDied(RuntimeError):

@@ -10,7 +10,7 @@ import pytest
 from gateway import config as config_mod
 from gateway import service
 from gateway.ingest import settings
-from tests import gateway_probe
+from tests.gateway import probe as gateway_probe
 from tests.gateway.fixtures import COMMUNITY, T0, Peer, Signer, gwdb_fixture, topic  # noqa: F401
 
 

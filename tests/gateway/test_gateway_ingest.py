@@ -9,8 +9,7 @@ import sys
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.ingest import core as ingest
-from gateway.ingest import store
+from gateway.ingest import store, verify
 from gateway.ingest.core import IngestCore, Message
 from protocol import ocmf
 from tests.gateway.fixtures import COMMUNITY, T0, Signer, gwdb_fixture, topic  # noqa: F401
@@ -346,14 +345,14 @@ def test_fast_path_agrees_with_protocol_parser(seq, imp, exp, t, status, serial)
     s = _SIGNER
     raw = s.record(seq, imp, exp, t, status=status, serial=serial).encode()
     rec = ocmf.parse(raw)
-    fast = ingest.fast_parse(raw)
+    fast = verify.fast_parse(raw)
     expect = (rec.payload_bytes, rec.signature_der, rec.sequence, rec.import_wh, rec.export_wh,
               rec.time_epoch, rec.time_status, rec.meter_serial)
     if fast is not None:
         assert fast == expect
     else:  # only strings needing JSON escapes leave the fast path
         assert '"' in serial or "\\" in serial
-    assert ingest.verify_one(raw, s.pub) == ("ok", seq, imp, exp, t, status, serial)
+    assert verify.verify_one(raw, s.pub) == ("ok", seq, imp, exp, t, status, serial)
 
 
 _SIGNER = Signer()
@@ -362,13 +361,13 @@ _SIGNER = Signer()
 def test_fast_path_refuses_near_misses():
     s = _SIGNER
     raw = s.record(7, 1234, 5, T0)
-    assert ingest.fast_parse(raw) is not None
+    assert verify.fast_parse(raw) is not None
     for bad in (raw + " ", raw.replace('"FV":"1.0"', '"FV": "1.0"'),
                 raw.replace("2026-11", "2026-13"), raw.replace('"PG":"F7"', '"PG":"F07"'),
                 raw.replace('"RV":1.234', '"RV":1.2340')):
-        assert ingest.fast_parse(bad) is None
+        assert verify.fast_parse(bad) is None
         # and the general parser reaches the same verdict on the signature
-        assert ingest.verify_one(bad.encode(), s.pub)[0] in ("ok", "reject")
+        assert verify.verify_one(bad.encode(), s.pub)[0] in ("ok", "reject")
     # any change to the signed payload is rejected
     rng = random.Random(1)
     start, end = len("OCMF|"), raw.index('|{"SA"')
@@ -376,7 +375,7 @@ def test_fast_path_refuses_near_misses():
         i = rng.randrange(start, end)
         mutated = raw[:i] + chr(rng.randrange(32, 127)) + raw[i + 1:]
         if mutated != raw:
-            assert ingest.verify_one(mutated.encode(), s.pub)[0] == "reject", mutated
+            assert verify.verify_one(mutated.encode(), s.pub)[0] == "reject", mutated
 
 
 def test_a_message_the_gateway_cannot_store_does_not_hold_up_the_others(gwdb, monkeypatch):

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from gateway.ingest import core as ingest
+from gateway.ingest import verify
 from gateway.ingest.pool import VerifierPool, WorkerDied
 from tests.gateway.fixtures import T0, Signer
 
@@ -20,13 +20,13 @@ def test_workers_verify_like_the_gateway_process_and_deaths_are_noticed():
         pool = VerifierPool(2)
         try:
             results = await asyncio.gather(pool.submit(items[:20]), pool.submit(items[20:]))
-            assert results[0] + results[1] == ingest.verify_batch(items)
+            assert results[0] + results[1] == verify.verify_batch(items)
             assert results[1][-2][:2] == ("reject", "bad_signature")
             assert results[1][-1][:2] == ("reject", "malformed")
             os.kill(pool.workers[0]["proc"].pid, signal.SIGKILL)
             pool.workers[0]["proc"].join()
             await asyncio.sleep(0.2)             # the pipe's end is seen by the loop
-            assert await pool.submit(items[:5]) == ingest.verify_batch(items[:5])
+            assert await pool.submit(items[:5]) == verify.verify_batch(items[:5])
             os.kill(pool.workers[1]["proc"].pid, signal.SIGKILL)
             pool.workers[1]["proc"].join()
             with pytest.raises(WorkerDied):
