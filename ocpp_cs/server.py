@@ -1,4 +1,4 @@
-"""OCPP 1.6J central system: websocket endpoint, Core profile handlers, CS → charger calls.
+"""OCPP 1.6J central system: the websocket endpoint, its connections, and CS → charger calls.
 
 Endpoint: ws(s)://HOST:PORT/ocpp/<chargeBoxId>, subprotocol `ocpp1.6` (websockets
 refuses a handshake without it: HTTP 400). Security profile 1 is HTTP Basic auth
@@ -6,27 +6,8 @@ refuses a handshake without it: HTTP 400). Security profile 1 is HTTP Basic auth
 same over TLS. Unknown chargers get HTTP 404, or with `allow_unknown_pending` are
 let in unauthenticated and answered `Pending` until an operator registers them.
 A charger that connects again replaces its old connection, which is closed.
-
-Handlers are the `ocpp` library's v16 ChargePoint with @on routes. Frames and
-payloads are checked here (the library would log and drop a malformed frame),
-so every bad CALL gets the CALLERROR OCPP-J 1.6 §4.2.3 names and the connection
-stays open:
-  not JSON, or > MAX_BRACKETS arrays/objects       → FormationViolation
-  not [2, id, action, {payload}] / [3, …] / [4, …] → FormationViolation
-  MessageTypeId not a number                       → TypeConstraintViolation
-  MessageTypeId a number other than 2, 3, 4        → PropertyConstraintViolation
-  action not in OCPP 1.6                           → NotImplemented ("not known")
-  OCPP 1.6 action the CS does not take             → NotSupported ("recognised, not supported")
-  schema: required property missing                → ProtocolError ("payload incomplete")
-  schema: wrong JSON type, string too long         → TypeConstraintViolation
-  schema: value outside enum/range, bad timestamp  → PropertyConstraintViolation
-  schema: unknown property                         → FormationViolation
-  schema: too few/many array items                 → OccurenceConstraintViolation
-  an integer beyond 64 bits (connectorId …)        → PropertyConstraintViolation
-  transaction messages from a Pending charger      → SecurityError
-A CALLRESULT or CALLERROR nobody waits for cannot be answered (OCPP-J answers
-only CALLs): it is logged and dropped. A frame whose uniqueId cannot be read is
-answered with uniqueId "-1".
+Each connection is a `handlers.CSChargePoint` (its frames checked by `frames.py`).
+The CLI's calls to chargers reach the service through the store's command queue.
 """
 import asyncio
 import gc
@@ -36,56 +17,24 @@ import re
 import time
 from urllib.parse import unquote, urlsplit
 
-from jsonschema.exceptions import best_match
 from ocpp.charge_point import (
     camel_to_snake_case,
     remove_nones,
     serialize_as_dict,
     snake_to_camel_case,
 )
-from ocpp.exceptions import (
-    FormationViolationError,
-    InternalError,
-    NotSupportedError,
-    OccurenceConstraintViolationError,
-    OCPPError,
-    PropertyConstraintViolationError,
-    ProtocolError,
-    SecurityError,
-    TypeConstraintViolationError,
-)
-from ocpp.exceptions import (
-    NotImplementedError as OcppNotImplemented,
-)
-from ocpp.messages import CallError, CallResult, get_validator
-from ocpp.routing import on
-from ocpp.v16 import ChargePoint as V16ChargePoint
-from ocpp.v16 import call, call_result
-from ocpp.v16.enums import Action
+from ocpp.exceptions import OCPPError
+from ocpp.v16 import call
 from websockets.asyncio.server import serve
-from websockets.exceptions import ConnectionClosed
 
 from ocpp_cs import store
 from ocpp_cs.auth import VerifiedCache, parse_basic, verify_password
 from ocpp_cs.dbworker import DBWorker
+from ocpp_cs.handlers import CSChargePoint
 
 SUBPROTOCOL = "ocpp1.6"
 PATH = re.compile(r"^/ocpp/([^/]+)/?$")
-V16_ACTIONS = {a.value for a in Action}
-# messages a charger may send before the CS has accepted it (BootNotification Pending)
-PENDING_ALLOWED = {"BootNotification", "Heartbeat", "StatusNotification"}
-SCHEMA_ERRORS = {
-    "required": ProtocolError,
-    "type": TypeConstraintViolationError,
-    "maxLength": TypeConstraintViolationError,
-    "minLength": TypeConstraintViolationError,
-    "additionalProperties": FormationViolationError,
-    "minItems": OccurenceConstraintViolationError,
-    "maxItems": OccurenceConstraintViolationError,
-}
-# a Core frame holds a few dozen JSON arrays/objects; thousands mean hostile nesting, which
-# the C JSON decoder follows down the C stack (a crash where the recursion limit is raised)
-MAX_BRACKETS = 5000
+
 # Unauthenticated clients must not grow the database without bound: at most this many
 # unknown chargers wait as Pending, and a refused handshake is written as a security event
 # at most once per REFUSAL_PERIOD_S for each (remote host, reason), with the number of
@@ -116,210 +65,8 @@ class RefusalLog:
         return entry[1] if entry is not None else 0
 
 
-# OCPP 1.6 meter key announcement (OCA application note on Eichrecht/OCMF)
-METER_CONFIG = ("generalConfiguration", "setMeterConfiguration")
-
-quiet = logging.getLogger("ocpp_cs.frames")  # the library logs every frame at INFO
-
-
 class NotConnected(RuntimeError):
     pass
-
-
-def validate(message_type_id, action, payload):
-    """Schema-check a payload with the library's OCPP 1.6 schemas; raise the spec's error."""
-    validator = get_validator(message_type_id, action, "1.6")
-    error = best_match(validator.iter_errors(payload))
-    if error is None:
-        return
-    cls = SCHEMA_ERRORS.get(error.validator, PropertyConstraintViolationError)
-    where = "/".join(str(p) for p in error.absolute_path) or "payload"
-    raise cls(description=f"{where}: {error.message}"[:500], details={"property": where})
-
-
-class CSChargePoint(V16ChargePoint):
-    """One connected charger as the central system sees it."""
-
-    def __init__(self, charger_id, connection, cs, pending):
-        super().__init__(charger_id, connection, response_timeout=cs.settings.call_timeout,
-                         logger=quiet)
-        self.cs = cs
-        self.db = cs.db
-        self.settings = cs.settings
-        self.pending = pending
-        self.log = cs.log
-
-    # -------------------------------------------------------------- framing
-
-    async def start(self):
-        try:
-            async for message in self._connection:
-                self.cs.seen[self.id] = time.time()
-                await self.route_message(message)
-        except ConnectionClosed:
-            pass
-
-    async def _send_error(self, unique_id, error):
-        frame = CallError(unique_id, error.code, error.description, error.details or {})
-        self.log.info("%s: CALLERROR %s %s", self.id, error.code, error.description)
-        await self._send(frame.to_json())
-
-    async def route_message(self, raw):
-        if isinstance(raw, bytes):
-            return await self._send_error("-1", FormationViolationError(
-                description="OCPP-J frames are text frames, got a binary frame"))
-        if raw.count("[") + raw.count("{") > MAX_BRACKETS:
-            return await self._send_error("-1", FormationViolationError(
-                description=f"message has more than {MAX_BRACKETS} JSON arrays/objects"))
-        try:
-            frame = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
-            return await self._send_error("-1", FormationViolationError(
-                description="message is not valid JSON"))
-        if not isinstance(frame, list) or not frame:
-            return await self._send_error("-1", FormationViolationError(
-                description="message is not a JSON array [MessageTypeId, UniqueId, ...]"))
-        type_id = frame[0]
-        uid = frame[1] if len(frame) > 1 and isinstance(frame[1], str) else "-1"
-        if isinstance(type_id, bool) or not isinstance(type_id, int):
-            return await self._send_error(uid, TypeConstraintViolationError(
-                description=f"MessageTypeId must be a number, got {type_id!r}"[:200]))
-        if type_id == 2:
-            if (len(frame) != 4 or not isinstance(frame[1], str) or not frame[1]
-                    or len(frame[1]) > 36 or not isinstance(frame[2], str)
-                    or not isinstance(frame[3], dict)):
-                return await self._send_error(uid, FormationViolationError(
-                    description="a CALL is [2, \"<uniqueId ≤36>\", \"<Action>\", {payload}]"))
-            try:
-                await self._handle_frame(frame[1], frame[2], frame[3])
-            except OCPPError as e:
-                await self._send_error(frame[1], e)
-            return
-        if type_id in (3, 4):
-            shape_ok = (len(frame) == 3 and isinstance(frame[2], dict)) if type_id == 3 else \
-                (len(frame) in (4, 5) and isinstance(frame[2], str))
-            if not shape_ok or uid == "-1":
-                self.log.warning("%s: malformed CALLRESULT/CALLERROR dropped: %.200s",
-                                 self.id, raw)
-                return
-            if not self._call_lock.locked():
-                self.log.warning("%s: answer to no outstanding call dropped: %.200s", self.id, raw)
-                return
-            msg = CallResult(uid, frame[2]) if type_id == 3 else \
-                CallError(uid, frame[2], frame[3], frame[4] if len(frame) > 4 else {})
-            self._response_queue.put_nowait(msg)
-            return
-        await self._send_error(uid, PropertyConstraintViolationError(
-            description=f"MessageTypeId {type_id} is not CALL (2), CALLRESULT (3) or CALLERROR (4)"))
-
-    async def _handle_frame(self, unique_id, action, payload):
-        handlers = self.route_map.get(action)
-        if handlers is None or "_on_action" not in handlers:
-            if action in V16_ACTIONS:
-                raise NotSupportedError(
-                    description=f"{action} is recognised but not supported by this central system")
-            raise OcppNotImplemented(description=f"{action[:60]!r} is not an OCPP 1.6 action")
-        validate(2, action, payload)
-        if self.pending and action not in PENDING_ALLOWED:
-            raise SecurityError(description=f"{self.id} is not registered (Pending): {action} refused")
-        try:
-            response = await handlers["_on_action"](**camel_to_snake_case(payload))
-        except OCPPError:
-            raise
-        except store.StoreError as e:
-            raise PropertyConstraintViolationError(description=str(e)[:500]) from None
-        except ValueError as e:
-            raise PropertyConstraintViolationError(description=str(e)[:500]) from None
-        except ArithmeticError:  # OverflowError: a JSON integer SQLite's 64 bits cannot hold
-            raise PropertyConstraintViolationError(
-                description=f"{action}: a number is out of range (64-bit integer)") from None
-        except Exception:
-            self.log.exception("%s: %s handler failed", self.id, action)
-            raise InternalError(description=f"{action} could not be processed") from None
-        body = snake_to_camel_case(remove_nones(serialize_as_dict(response)))
-        validate(3, action, body)
-        await self._send(CallResult(unique_id, body, action).to_json())
-
-    async def _send(self, message):
-        await self._connection.send(message)
-
-    # -------------------------------------------------------------- Core: charger → CS
-
-    @on(Action.boot_notification)
-    async def on_boot_notification(self, charge_point_vendor, charge_point_model, **kw):
-        if self.pending:
-            self.log.info("%s: BootNotification from unregistered charger: Pending", self.id)
-            return call_result.BootNotification(current_time=store.iso(time.time()),
-                                                interval=self.settings.heartbeat_interval,
-                                                status="Pending")
-        await self.db.run(store.record_boot, self.id, charge_point_vendor, charge_point_model,
-                          kw.get("charge_point_serial_number") or kw.get("charge_box_serial_number"),
-                          kw.get("firmware_version"))
-        return call_result.BootNotification(current_time=store.iso(time.time()),
-                                            interval=self.settings.heartbeat_interval,
-                                            status="Accepted")
-
-    @on(Action.heartbeat)
-    async def on_heartbeat(self, **kw):
-        return call_result.Heartbeat(current_time=store.iso(time.time()))
-
-    @on(Action.status_notification)
-    async def on_status_notification(self, connector_id, error_code, status, **kw):
-        await self.db.run(store.record_status, self.id, connector_id, status, error_code,
-                          kw.get("info"), kw.get("vendor_error_code"), kw.get("timestamp"))
-        self.cs.connector_status[(self.id, connector_id)] = status
-        return call_result.StatusNotification()
-
-    @on(Action.authorize)
-    async def on_authorize(self, id_tag, **kw):
-        status, _, reason = await self.db.run(store.authorize, id_tag, self.settings, self.id)
-        if status != "Accepted":
-            self.log.info("%s: Authorize %s → %s (%s)", self.id, id_tag, status, reason)
-        return call_result.Authorize(id_tag_info={"status": status})
-
-    @on(Action.start_transaction)
-    async def on_start_transaction(self, connector_id, id_tag, meter_start, timestamp, **kw):
-        tx_id, info = await self.db.run(store.start_transaction, self.id, connector_id, id_tag,
-                                        meter_start, timestamp, self.settings,
-                                        kw.get("reservation_id"))
-        self.log.info("%s: StartTransaction connector %s idTag %s → %s %s", self.id,
-                      connector_id, id_tag, tx_id, info["status"])
-        return call_result.StartTransaction(transaction_id=tx_id, id_tag_info=info)
-
-    @on(Action.meter_values)
-    async def on_meter_values(self, connector_id, meter_value, **kw):
-        await self.db.run(store.record_meter_values, self.id, connector_id,
-                          kw.get("transaction_id"), snake_to_camel_case(meter_value),
-                          "MeterValues")
-        return call_result.MeterValues()
-
-    @on(Action.stop_transaction)
-    async def on_stop_transaction(self, meter_stop, timestamp, transaction_id, **kw):
-        data = kw.get("transaction_data")
-        info = await self.db.run(store.stop_transaction, self.id, transaction_id, meter_stop,
-                                 timestamp, self.settings, self.cs.price_source,
-                                 kw.get("reason"), kw.get("id_tag"),
-                                 snake_to_camel_case(data) if data else None)
-        return call_result.StopTransaction(id_tag_info=info)
-
-    @on(Action.data_transfer)
-    async def on_data_transfer(self, vendor_id, **kw):
-        message_id = kw.get("message_id")
-        data = kw.get("data")
-        if (vendor_id, message_id) == METER_CONFIG:
-            try:
-                meters = json.loads(data)["meters"]
-                keys = {str(m.get("connectorId", 0)): str(m["publicKey"]) for m in meters}
-            except (TypeError, ValueError, KeyError, AttributeError, RecursionError):
-                return call_result.DataTransfer(status="Rejected", data="expected {\"meters\": "
-                                                "[{\"connectorId\", \"publicKey\"}]}")
-            await self.db.run(store.record_announced_keys, self.id, keys)
-            return call_result.DataTransfer(status="Accepted")
-        await self.db.run(store.event, self.id, "data_transfer", vendor_id=vendor_id,
-                          message_id=message_id, data=(data or "")[:1000])
-        if vendor_id == METER_CONFIG[0]:
-            return call_result.DataTransfer(status="UnknownMessageId")
-        return call_result.DataTransfer(status="UnknownVendorId")
 
 
 class CentralSystem:
@@ -445,7 +192,7 @@ class CentralSystem:
         self.connections[charger_id] = cp
         if old is not None:
             self.log.info("%s reconnected: closing its previous connection", charger_id)
-            self._spawn(old._connection.close(code=1000, reason="replaced by a new connection"))
+            self._spawn(old.connection.close(code=1000, reason="replaced by a new connection"))
         self.seen[charger_id] = time.time()
         try:
             await cp.start()

@@ -5,7 +5,7 @@ or `[ocpp] enabled = true`; otherwise this component idles until the service
 stops, so a gateway without chargers needs no [ocpp] settings.
 
 The price of energy comes from `ctx.hooks["ocpp_price_source"]` when another
-component (the market, issue 7) has set it, else from `[ocpp] price_per_kwh`.
+component (the market) has set it, else from `[ocpp] price_per_kwh`.
 It is looked up at each settlement, so the order in which components start does
 not matter. A price source is `f(conn, transaction_row, energy_wh) -> EEA base
 units per kWh`, called inside the settlement's SQLite transaction. The running

@@ -136,7 +136,7 @@ def test_emulator_resends_an_unanswered_start_and_gets_the_same_transaction(tmp_
                 await cp.wait_connected()
                 # the CS records the start but its answer never arrives; the socket stays up
                 link = cs.connections["CP1"]
-                real_send = link._send
+                real_send = link.send_frame
                 swallowed = []
 
                 async def lose_first_start_answer(message):
@@ -144,7 +144,7 @@ def test_emulator_resends_an_unanswered_start_and_gets_the_same_transaction(tmp_
                         swallowed.append(message)
                         return
                     await real_send(message)
-                link._send = lose_first_start_answer
+                link.send_frame = lose_first_start_answer
                 tx = await cp.start_transaction(1, "TAG1", ev=EV(60, 11, 0.2), authorize=False)
                 await asyncio.wait_for(tx.started, 20)
                 assert swallowed and cs.connections["CP1"] is link   # same connection

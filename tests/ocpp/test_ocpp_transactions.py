@@ -111,16 +111,16 @@ def test_start_in_flight_when_connection_drops_is_retried_idempotently(tmp_path)
             try:
                 await cp.wait_connected()
                 # the CS records the start, but the answer is lost with the connection
-                real_send = cs.connections["CP1"]._send
+                real_send = cs.connections["CP1"].send_frame
                 dropped = asyncio.Event()
 
                 async def lose_start_answer(message):
                     if '"transactionId"' in message and not dropped.is_set():
                         dropped.set()
-                        cs.connections["CP1"]._connection.transport.abort()
+                        cs.connections["CP1"].connection.transport.abort()
                         return
                     await real_send(message)
-                cs.connections["CP1"]._send = lose_start_answer
+                cs.connections["CP1"].send_frame = lose_start_answer
                 tx = await cp.start_transaction(1, "TAG1", authorize=False)
                 await asyncio.wait_for(dropped.wait(), 10)
                 await asyncio.wait_for(tx.started, 20)  # answered after the reconnect
