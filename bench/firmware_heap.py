@@ -20,7 +20,6 @@ Heap on the unix port is 64-bit: pointers, object headers and dict slots are twi
 size of an ESP32's, so these figures overstate what an ESP32 needs.
 """
 import argparse
-import json
 import sys
 import tempfile
 import threading
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as paho
 
+from protocol import messages_gateway, topics
 from sim.device import (
     ROMFS_MOUNT,
     DeviceProcess,
@@ -68,20 +68,20 @@ class Acker:
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-acker")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe(f"egs/v1/{COMMUNITY}/+/ocmf", qos=1)
+        self.client.subscribe(topics.subscription(COMMUNITY, "ocmf"), qos=1)
         self.client.loop_start()
 
     def _on_message(self, client, userdata, msg):
         payload = msg.payload.decode()
         pg = payload.index('"PG":"F') + 7
         seq = int(payload[pg:payload.index('"', pg)])
-        device = msg.topic.split("/")[3]
+        device = topics.parse(msg.topic)[1]
         with self.lock:
             self.seqs.add(seq)
             while self.top + 1 in self.seqs:
                 self.top += 1
             top = self.top
-        client.publish(f"egs/v1/{COMMUNITY}/{device}/ack", json.dumps({"seq": top}), qos=1)
+        client.publish(topics.topic(COMMUNITY, device, "ack"), messages_gateway.ack(top), qos=1)
 
     def close(self):
         self.client.loop_stop()

@@ -106,6 +106,8 @@ def raw_verify_rate(devices, seconds=1.5, cpu=False):
 def publisher(port, devices, out_q, go):
     """Separate process: publish every record QoS 1 as fast as the broker takes them."""
     import paho.mqtt.client as mqtt
+
+    from protocol import topics
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-publisher")
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
@@ -116,7 +118,7 @@ def publisher(port, devices, out_q, go):
     for i in range(per):                     # interleave devices, each in sequence order
         for dev, _, recs in devices:
             if i < len(recs):
-                msgs.append((f"egs/v1/{COMMUNITY}/{dev}/ocmf", recs[i]))
+                msgs.append((topics.topic(COMMUNITY, dev, "ocmf"), recs[i]))
     go.wait()
     t0 = time.perf_counter()
     infos = [c.publish(t, p, qos=1) for t, p in msgs]

@@ -43,7 +43,7 @@ from gateway.ledger.deploy import deploy
 from gateway.ledger.settings import Settings
 from gateway.ledger.settlement import Engine
 from gateway.ledger.worker import Worker
-from protocol import ocmf
+from protocol import ocmf, topics
 from sim.services import ANVIL_KEYS, Anvil
 
 COMMUNITY = "bench"
@@ -77,7 +77,7 @@ def make_store(path, n, tag, rnd):
                                          mv="Eastron", mm="SDM630", ms=f"SN{tag}x{i}")
             der = key.sign(payload, ec.ECDSA(hashes.SHA256()))
             raw = "OCMF|" + payload.decode() + '|{"SA":"ECDSA-secp256r1-SHA256","SD":"' + der.hex() + '"}'
-            msgs.append(Message(f"egs/v1/{COMMUNITY}/{dev}/ocmf", raw.encode(), T0 + L + 1))
+            msgs.append(Message(topics.topic(COMMUNITY, dev, "ocmf"), raw.encode(), T0 + L + 1))
     core = IngestCore(conn, COMMUNITY, {"max_future_s": 10**9}, clock=lambda: T0 + L + 1)
     for i in range(0, len(msgs), 2000):
         part = msgs[i:i + 2000]

@@ -27,9 +27,9 @@ from firmware.flashlog import FlashLog
 from firmware.heap import unload
 from firmware.mqtt import Backoff, Client, MQTTError
 from firmware.sequence import Sequence
-from protocol import ocmf, p256
+from firmware.version import FW_VERSION
+from protocol import messages, ocmf, p256
 
-FW_VERSION = "0.1.0"
 GATEWAY_ID = "EGS-ESP32-MP"
 QUARTER_MS = 900000
 MAX_INFLIGHT = 8
@@ -95,7 +95,7 @@ class App:
         self.mqtt = Client(
             dev, lambda: hal.connect_tcp(b["host"], b["port"], b["tls"], b["ca"]),
             user=m["username"] or None, password=m["password"] or None,
-            keepalive_s=m["keepalive_s"], will=(self.t_status, b'{"state":"offline"}', True),
+            keepalive_s=m["keepalive_s"], will=(self.t_status, messages.OFFLINE, True),
             on_message=self._on_message, max_inflight=MAX_INFLIGHT,
             timeout_ms=max(2000, min(15000, m["keepalive_s"] * 1000)))
         self.backoff = Backoff(500, int(m["backoff_max_s"] * 1000))
@@ -111,7 +111,7 @@ class App:
         self.trial_ms = int(cfg["ota_trial_s"] * 1000)
         self.ack_progress = hal.ticks_ms()   # when the gateway's ack last moved
         self.started_ms = hal.ticks_ms()
-        self.ota_status = None           # OTA (issue 9): see _ota()
+        self.ota_status = None           # OTA: see _ota()
         self.ota_job = None
 
     def _last_body(self):
@@ -240,47 +240,36 @@ class App:
         if retained and topic == self.t_cmd:
             # a command kept by the broker is stale (and a "reboot" kept there would
             # reboot the device on every connect): commands count only when sent now
-            self._bad("retained cmd", payload)
+            self._bad("retained cmd", "stale", payload)
             return
         try:
-            msg = json.loads(payload)
-        except ValueError:
-            msg = None
-        if topic == self.t_ack:
-            seq = msg.get("seq") if isinstance(msg, dict) else msg
-            if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-                self._bad("ack", payload)
-                return
-            if self.log.ack(seq):
-                self.ack_progress = self.hal.ticks_ms()
-                self.status_dirty = self.status_dirty or self.log.depth() == 0
-            self.sent = max(self.sent, self.log.acked)
-        elif topic == self.t_cmd:
-            self.command(msg, payload)
+            if topic == self.t_ack:
+                seq = messages.parse_ack(payload)
+                if self.log.ack(seq):
+                    self.ack_progress = self.hal.ticks_ms()
+                    self.status_dirty = self.status_dirty or self.log.depth() == 0
+                self.sent = max(self.sent, self.log.acked)
+            elif topic == self.t_cmd:
+                self.command(messages.parse_cmd(payload))
+        except messages.MessageError as e:
+            self._bad("ack" if topic == self.t_ack else "cmd", e, payload)
 
-    def _bad(self, what, payload):
+    def _bad(self, what, why, payload):
         self.counters["bad_messages"] += 1
-        self.hal.log("ignored bad %s message: %r" % (what, bytes(payload[:80])))
+        self.hal.log("ignored bad %s message (%s): %r" % (what, why, bytes(payload[:80])))
 
-    def command(self, msg, payload=b""):
-        cmd = msg.get("cmd") if isinstance(msg, dict) else None
+    def command(self, msg):
+        """A command object checked by protocol.messages.parse_cmd."""
+        cmd = msg["cmd"]
         if cmd == "resend":
-            n = msg.get("from")
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                return self._bad("resend", payload)
-            self.sent = min(self.sent, n - 1)
+            self.sent = min(self.sent, msg["from"] - 1)
         elif cmd == "set_interval":
-            s = msg.get("interval_s")
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.01 <= s <= 86400:
-                return self._bad("set_interval", payload)
-            self.set_interval(s)
+            self.set_interval(msg["interval_s"])
         elif cmd == "reboot":
             self.reboot_requested = True
         elif cmd == "update":            # OTA: carried out by step(), not in the callback
             self.ota_job = msg
             self.status_dirty = True
-        else:
-            self._bad("cmd", payload)
 
     def set_interval(self, seconds):
         from firmware import config
@@ -404,10 +393,10 @@ class App:
         wait = self.due - hal.time_ms()
         return 0 if wait < 0 else (min(wait, 50))
 
-    # ------------------------------------------------------------------ OTA (issue 9)
-    # The update code (firmware/ota.py, firmware/bundle.py) is imported only while an
-    # update runs, and the slot bookkeeping (firmware/boot_select.py) only for a moment:
-    # the heap has no room to keep them loaded.
+    # ------------------------------------------------------------------ OTA
+    # The update code (firmware/ota.py, protocol/offer.py, protocol/bundle.py) is imported
+    # only while an update runs, and the slot bookkeeping (firmware/boot_select.py) only
+    # for a moment: the heap has no room to keep them loaded.
     def _ota(self):
         root = getattr(self.hal, "state_dir", "")
         if self.ota_status is None:
@@ -429,7 +418,7 @@ class App:
                 before_reset=lambda: self.shutdown("update"))
         if self.ota_status["state"] == "downloading":
             self.ota_status["state"] = before    # an offer of the running version: no-op
-        unload("firmware.ota", "firmware.bundle", "firmware.boot_select")
+        unload("firmware.ota", "protocol.offer", "protocol.bundle", "firmware.boot_select")
         self.status_dirty = True
 
     def _ota_confirm(self):

@@ -3,13 +3,15 @@
 Why: without frozen modules (the unix port in tests; an ESP32 running .mpy files from its
 filesystem) a module's bytecode lives on the heap, about 100 KB for all of the firmware,
 as much as an ESP32 has. Code needed only at boot or while a console command is answered
-(configuration checks, provisioning, the topic layout) is imported when needed and
-forgotten afterwards, so the collector can reuse its memory between readings.
+(configuration checks, provisioning and its console lines, the topic layout, the version
+module whose one string the application keeps) is imported when needed and forgotten afterwards, so the
+collector can reuse its memory between readings.
 """
 import gc
 import sys
 
-TRANSIENT = ("firmware.provision", "firmware.config", "protocol.topics")
+TRANSIENT = ("firmware.provision", "protocol.console", "firmware.config", "protocol.topics",
+             "firmware.version")
 
 
 def unload(*names):

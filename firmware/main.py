@@ -20,8 +20,7 @@ import gc
 import sys
 
 from firmware.heap import unload
-
-MAX_LINE = 2048
+from protocol.console import MAX_LINE
 
 
 class Device:

@@ -1,6 +1,7 @@
 """Signed over-the-air updates of the application, device side.
 
-The gateway offers a release on `.../cmd`:
+The gateway offers a release on `.../cmd` (the message is defined, built and checked in
+protocol/offer.py):
 
     {"cmd": "update", "url": "http://<gateway>:<port>/<name>.tar", "version": "0.2.0",
      "size": <bytes>}
@@ -11,7 +12,7 @@ and the device, from its main loop (never inside the MQTT callback):
    device paces the transfer and resumes at the byte where a chunk failed, with one
    small request per chunk; the broker's ACL stays as it is (devices read only their
    ack/cmd topics). The transport needs no integrity of its own: everything is checked;
-2. checks it (firmware/bundle.py): the manifest signature against the release public
+2. checks it (protocol/bundle.py): the manifest signature against the release public
    key the device was installed with (<root>/release.pub, written by `egs-gw device
    flash`, never by the network), every file's size and SHA-256, no extra or missing
    file, the port, and that the version is newer than the running one (a signed old
@@ -34,11 +35,11 @@ MicroPython image written by the same mechanism would roll back the same way.
 """
 import os
 
-from firmware import boot_select, bundle
+from firmware import boot_select
+from protocol import bundle, offer
 
 CHUNK = 4096
 RETRIES = 3
-MAX_BUNDLE = 256 * 1024
 STAGING = "ota.tar"
 KEY_FILE = "release.pub"
 
@@ -66,21 +67,11 @@ def _remove_tree(path):
 
 
 def parse_url(url):
-    """(host, port, path) of an http:// URL."""
-    if not isinstance(url, str) or not url.startswith("http://") or len(url) > 300:
-        raise OtaError("update url must be http://host:port/path")
-    rest = url[7:]
-    slash = rest.find("/")
-    hostport, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
-    host, port = hostport, 80
-    if ":" in hostport:
-        host, p = hostport.rsplit(":", 1)
-        if not p.isdigit() or not 0 < int(p) < 65536:
-            raise OtaError("bad port in update url")
-        port = int(p)
-    if not host:
-        raise OtaError("no host in update url")
-    return host, port, path
+    """(host, port, path) of an http:// URL (protocol.offer.parse_url); OtaError."""
+    try:
+        return offer.parse_url(url)
+    except offer.MessageError as e:
+        raise OtaError(str(e))
 
 
 def _read_head(sock):
@@ -115,16 +106,12 @@ def release_key(root):
 
 
 def check_command(msg):
-    """The job of an {"cmd": "update", ...} message; OtaError when malformed."""
-    if not isinstance(msg, dict):
-        raise OtaError("update command is not an object")
-    url, version, size = msg.get("url"), msg.get("version"), msg.get("size")
-    parse_url(url)
-    if not isinstance(version, str) or bundle.parse_version(version) is None:
-        raise OtaError("bad version in update command")
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_BUNDLE:
-        raise OtaError("bad size in update command")
-    return {"url": url, "version": version, "size": size}
+    """The job of an {"cmd": "update", ...} message (protocol.offer.parse); OtaError when
+    malformed."""
+    try:
+        return offer.parse(msg)
+    except offer.MessageError as e:
+        raise OtaError(str(e))
 
 
 def run(hal, fw_version, msg, status, before_reset=None):

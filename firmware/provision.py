@@ -23,15 +23,12 @@ Requests ("cmd" selects the command):
                               ..the MQTT status fields (counters, seq, meter fault)..}
     {"cmd":"reboot"}      -> {"ok":true,"rebooting":true}, then the device restarts
 Errors: {"ok":false,"error":"<reason>"} for a line that is not JSON, not an object, too long
-(> 2048 bytes), an unknown command, or an invalid configuration (the reason names the key).
+(> 2048 bytes), an unknown command (these four checked by protocol/console.py, which the
+gateway's side shares), or an invalid configuration (the reason names the key).
 The private key never leaves the device; passwords are never echoed.
 """
-import json
-
 from firmware import config
-from protocol import p256
-
-MAX_LINE = 2048
+from protocol import console, p256
 
 
 def hexlify(data):
@@ -53,36 +50,25 @@ class Console:
         (bytes), or to None for a too-long line. The HAL streams it (json.dump): the
         status reply is over a kilobyte, and one contiguous block that size, twice (the
         text and the text with its newline), failed on a fragmented 100 KB heap."""
-        if line is None:
-            return {"ok": False, "error": "line too long (max %d bytes)" % MAX_LINE}
         return self.handle(line)
 
     def handle(self, line):
-        """The reply (a dict) to one request line (bytes or str)."""
+        """The reply (a dict) to one request line (bytes or str; None: too long)."""
         try:
-            if isinstance(line, bytes):
-                line = line.decode()
-            msg = json.loads(line)
-        except (ValueError, UnicodeError):
-            return {"ok": False, "error": "not JSON: send one JSON object per line"}
-        if not isinstance(msg, dict):
-            return {"ok": False, "error": "expected a JSON object with a \"cmd\""}
-        cmd = msg.get("cmd")
+            msg = console.parse_request(line)
+        except console.MessageError as e:
+            return console.error_reply(str(e))
         handler = {"hello": self.hello, "provision": self.provision, "pubkey": self.pubkey,
-                   "status": self.status, "reboot": self.reboot}.get(cmd) \
-            if isinstance(cmd, str) else None
-        if handler is None:
-            return {"ok": False, "error": "unknown command %s; known: hello, provision, pubkey,"
-                    " status, reboot" % (json.dumps(cmd) if cmd is not None else "(none)")}
+                   "status": self.status, "reboot": self.reboot}[msg["cmd"]]
         try:
             return handler(msg)
         except config.ConfigError as e:
-            return {"ok": False, "error": str(e)}
+            return console.error_reply(str(e))
         except OSError as e:
-            return {"ok": False, "error": "device error: %s" % (e,)}
+            return console.error_reply("device error: %s" % (e,))
 
     def hello(self, msg):
-        from firmware.app import FW_VERSION
+        from firmware.version import FW_VERSION
 
         d = self.device
         return {"ok": True, "fw": FW_VERSION, "platform": self.hal.name,
@@ -101,7 +87,7 @@ class Console:
         kept = "kept"
         if d.secret is None:
             if not self.hal.entropy_ready():
-                return {"ok": False, "error": "random source not ready (radio off)"}
+                return console.error_reply("random source not ready (radio off)")
             secret = p256.generate_secret()
             self.hal.store_key(secret)
             d.secret = secret
@@ -115,7 +101,7 @@ class Console:
     def pubkey(self, msg):
         d = self.device
         if d.secret is None:
-            return {"ok": False, "error": "no device key yet: provision first"}
+            return console.error_reply("no device key yet: provision first")
         return {"ok": True, "pubkey": hexlify(p256.public_key(d.secret))}
 
     def status(self, msg):

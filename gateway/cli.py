@@ -5,9 +5,8 @@ assembles them (see DESIGN.md: nothing imports the composition root).
 """
 import click
 
-from gateway.devices import installer as flash_commands
-from gateway.devices import update_server as ota_commands
-from gateway.ingest import commands as gateway_commands
+from gateway.devices import commands as device_commands
+from gateway.ingest import commands as ingest_commands
 from gateway.ledger import commands as ledger_commands
 from gateway.market import commands as market_commands
 from gateway.run import run_cmd
@@ -23,13 +22,9 @@ def main():
 
 main.add_command(run_cmd)
 
-for module in (gateway_commands, ledger_commands, market_commands, ocpp_commands):
+for module in (device_commands, ingest_commands, ledger_commands, market_commands, ocpp_commands):
     for command in module.COMMANDS:
         main.add_command(command)
-
-# Installer and OTA commands live in their own modules but belong under `device`.
-for command in flash_commands.DEVICE_COMMANDS + ota_commands.DEVICE_COMMANDS:
-    gateway_commands.device.add_command(command)
 
 
 if __name__ == "__main__":

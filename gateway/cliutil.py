@@ -9,13 +9,21 @@ A command is written as
 and receives an `App` holding the loaded config, a lazily opened store and the
 output mode. User mistakes raise `UserError` (or ConfigError/ValueError subclasses
 the components define), which print one line on stderr and exit 1, never a traceback.
+Output for people goes through `console()`, `table()`, `iso()` and `ago()` here, so every
+command prints alike; arguments every group reads (`parse_time`, `read_public_key`) too.
 """
+import datetime
 import functools
 import json
+import re
 import sqlite3
 import sys
+import time
+from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.table import Table
 
 from gateway import config as config_mod
 from gateway import db as db_mod
@@ -43,7 +51,12 @@ class App:
     def db_path(self):
         return self.config["store"]["db"]
 
-    def conn(self):
+    def conn(self, must_exist=False):
+        """The database; `must_exist` for commands about existing data, which must not
+        create an empty one at a mistyped path."""
+        path = Path(self.db_path)
+        if must_exist and not path.exists():
+            raise UserError(f"no gateway database at {path} (set --db or store.db)")
         if self._conn is None:
             self._conn = db_mod.connect(self.db_path)
         return self._conn
@@ -79,6 +92,89 @@ def common_options(fn):
 
 def fail(message):
     raise UserError(message)
+
+
+# ---- output for people ----------------------------------------------------------------
+
+def console():
+    """Standard output for people: no guessed highlighting, long lines (keys, URLs) kept whole."""
+    return Console(highlight=False, soft_wrap=True)
+
+
+def error_console():
+    """Progress and warnings on stderr, so stdout stays one JSON document with --json."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def table(*columns, **options):
+    """A rich table (`options` as rich.table.Table's: title, show_header, ...)."""
+    return Table(*columns, **options)
+
+
+def iso(ts):
+    """Epoch seconds as ISO-8601 UTC (`2024-05-01T12:00:00Z`); None stays None."""
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(float(ts), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ago(ts, now=None):
+    """How long ago epoch seconds `ts` was, in one unit: `45s ago`, `3h ago`, `never`."""
+    if ts is None:
+        return "never"
+    s = int((now or time.time()) - ts)
+    if s < 120:
+        return f"{s}s ago"
+    if s < 7200:
+        return f"{s // 60}m ago"
+    if s < 172800:
+        return f"{s // 3600}h ago"
+    return f"{s // 86400}d ago"
+
+
+# ---- arguments -------------------------------------------------------------------------
+
+_MAX_TIME = 2 ** 53
+
+
+def parse_time(value, what="--since"):
+    """Epoch seconds from an integer, an ISO date/time (UTC unless given) or a duration ago (15m, 2h, 1d)."""
+    text = str(value).strip()
+    t = None
+    if re.fullmatch(r"\d+", text):
+        t = int(text)
+    m = re.fullmatch(r"(\d+)\s*([smhd])", text)
+    if m:
+        t = int(time.time()) - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    if t is not None:
+        if not -_MAX_TIME <= t <= _MAX_TIME:   # SQLite integers are 64-bit: a traceback otherwise
+            raise UserError(f"{what}: {value!r} is out of range")
+        return t
+    try:
+        dt = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"{what}: expected epoch seconds, an ISO date/time or a duration like 2h, "
+                        f"got {value!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.UTC)
+    return int(dt.timestamp())
+
+
+def read_public_key(text):
+    """A device's public key given as text, or the path of a file holding it (PEM, hex, DER)."""
+    from protocol.ocmf import BadKeyError, load_public_key
+    p = Path(text)
+    data = text
+    try:
+        if len(text) < 4096 and p.is_file():
+            raw = p.read_bytes()
+            data = raw if raw[:1] == b"\x30" else raw.decode("ascii", "replace")
+    except OSError:
+        pass
+    try:
+        return load_public_key(data)
+    except BadKeyError as e:
+        raise UserError(f"--pubkey: {e}") from None
 
 
 def stderr(message):

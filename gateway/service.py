@@ -42,7 +42,9 @@ COMPONENTS = {
 
 # Their config sections, declared before the file is read (`python -m gateway.service`
 # does not import every component's commands the way `egs-gw` does).
-COMPONENT_SETTINGS = ("gateway.ledger.settings", "ocpp_cs.settings", "gateway.market.settings")
+COMPONENT_SETTINGS = (
+    "gateway.devices.settings", "gateway.ledger.settings", "ocpp_cs.settings", "gateway.market.settings",
+)
 
 
 class Context:

@@ -11,12 +11,14 @@ on a bench with a real ESP32, so the tests never ask which one they have.
                     esp32: MeterEmulator on the USB RS-485 adapter at --meter-port, or,
                     without it, a real meter on the bus (no control: tests that must
                     change what the meter says skip).
-    bench.broker    a real mosquitto configured by `egs-gw broker config` (per-device
-                    credentials and ACL); stop()/start() for outages.
-    bench.gateway   `egs-gw run` as a subprocess with a generated config: ingest, intervals,
-                    ledger on Anvil, and the OCPP central system (--ocpp).
-    bench.anvil     Anvil with the WATT/EEA contracts deployed by `egs-gw ledger deploy`;
-                    bench.chain() reads them, bench.deposit() prepays EEA on chain.
+    bench.stack     the same on both targets, built by sim/stack.py as for the demo:
+                    .broker, a real mosquitto configured by `egs-gw broker config`
+                    (per-device credentials and ACL), stop()/start() for outages;
+                    .gateway, `egs-gw run` as a subprocess with a generated config (ingest,
+                    intervals, ledger on Anvil, the OCPP central system on --ocpp);
+                    .anvil with the WATT/EEA contracts deployed by `egs-gw ledger deploy`,
+                    .chain() reads them, .deposit() prepays EEA on chain; .gw(…) runs
+                    `egs-gw` on the bench's config.
     bench.charger   sim (and esp32 without --charger-id): the charge point emulator of
                     sim/charger.py; with --charger-id: a real charger pointed at the central
                     system (tests that must drive it skip).
@@ -31,15 +33,14 @@ minutes old when they arrive, which the gateway accepts, and the interval is set
 once. A real board keeps NTP time: the suite waits for the next real quarter hour (up to
 16 minutes).
 
-Every process is started in its own process group through sim.services and is stopped
-by Bench.stop() (and at interpreter exit), whatever a test did.
+Every process is started in its own process group through sim.services, put on the
+stack's stop list, and stopped by Bench.stop() (and at interpreter exit), whatever a test
+did.
 """
 import asyncio
 import contextlib
 import json
 import os
-import shutil
-import sys
 import threading
 import time
 import tty
@@ -47,41 +48,19 @@ from pathlib import Path
 
 import pytest
 
-from sim.gwcli import egs_gw, toml_text
-from sim.services import (
-    ANVIL_KEYS,
-    Anvil,
-    Mosquitto,
-    Service,
-    StopList,
-    free_port,
-    wait_for,
-    wait_port,
-)
+from sim.services import wait_for
+from sim.stack import QUARTER_S, Stack, address
 
 COMMUNITY = "hil"
-QUARTER_S = 900
 CROSSING_S = 45          # sim: seconds from the device's power-up to its next quarter hour
 READING_INTERVAL_S = 1   # firmware interval_s during the suite
 PASSWORD = "hil bench ledger password"
 PRICE_PER_KWH = "0.3 EEA"    # community price of energy (configured; no market on the bench)
 FEE_PER_KWH = "0.05 EEA"     # the station owner's service fee
 
-
-def address(label):
-    """A deterministic account address for a role on the bench."""
-    from eth_utils import keccak
-
-    return "0x" + keccak(text=f"egs-hil-{label}")[-20:].hex()
-
-
-POOL = address("energy-pool")        # the device's account and the OCPP energy pool
-OWNER = address("station-owner")
-EV_ACCOUNT = address("ev-driver")
-EDUCATION = address("education-pool")
-NETWORK = address("network-pool")
-
-
+POOL = address(COMMUNITY, "energy-pool")   # the device's account and the OCPP energy pool
+OWNER = address(COMMUNITY, "station-owner")
+EV_ACCOUNT = address(COMMUNITY, "ev-driver")
 
 
 # ---------------------------------------------------------------- serial console
@@ -458,7 +437,8 @@ class ExternalCharger:
 # ---------------------------------------------------------------- the bench
 
 class Bench:
-    """Everything the suite runs against, started once per session."""
+    """Everything the suite runs against, started once per session: the stack (sim/stack.py)
+    and the target's device, meter and charger around it."""
 
     def __init__(self, opts, workdir):
         self.opts = opts
@@ -466,20 +446,11 @@ class Bench:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.target = opts["target"]
         self.device_id = opts["device_id"] or ("hil-sim-1" if self.target == "sim" else "hil-esp32")
-        self.db_path = self.workdir / "gateway.sqlite"
-        self.config_path = self.workdir / "gateway.toml"
-        self.broker_dir = self.workdir / "broker"
-        host, _, port = (opts["broker"] or "127.0.0.1:0").rpartition(":")
-        self.broker_host = host or "127.0.0.1"
-        self.broker_port = int(port) if port and port != "0" else free_port()
-        host, _, port = (opts.get("ocpp") or "127.0.0.1:0").rpartition(":")
-        self.ocpp_host = host or "127.0.0.1"
-        self.ocpp_port = int(port) if port and port != "0" else free_port()
+        self.stack = Stack(self.workdir, COMMUNITY, PASSWORD, broker=opts["broker"],
+                           ocpp=opts.get("ocpp"))
         self.started = time.time()
-        self._stack = StopList()
         self._conn = None
         self.provisioned = None
-        self.anvil = self.broker = self.gateway = None
         self.device = self.meter = self.charger = None
         self.charger_id = opts["charger_id"] or "HIL-CP1"
         self.charger_password = opts.get("charger_password") or "hil-charger-pw-1"
@@ -488,9 +459,6 @@ class Bench:
         self.reading_interval = opts.get("reading_interval") or READING_INTERVAL_S
 
     # -- life cycle ----------------------------------------------------------------
-    def _started(self, name, stop):
-        self._stack.add(name, stop)
-
     def start(self):
         try:
             self._start()
@@ -502,34 +470,36 @@ class Bench:
     def _start(self):
         # each piece is put on the stop list before it starts, so a half-started one is
         # stopped too
-        self.anvil = Anvil(self.workdir / "anvil")
-        self._started("anvil", self.anvil.stop)
-        self.anvil.start()
-        self._write_config()
-        self._deploy()
-        self._configure_broker()
-        self.broker = Mosquitto(self.broker_dir, port=self.broker_port,
-                                config_text=(self.broker_dir / "mosquitto.conf").read_text())
-        self._started("mosquitto", self.broker.stop)
-        self.broker.start()
-        self.gateway = Gateway(self)
-        self._started("gateway", self.gateway.stop)
-        self.gateway.start()
+        stack = self.stack
+        stack.start_anvil()
+        # The emulated meter runs its energy SPEED times faster than the device's clock, so
+        # the gateway's energy limit must allow that much power (a real meter needs nothing).
+        emulated = self.target == "sim" or self.opts["meter_port"]
+        fast = abs(EmulatedMeter.EXPORT_W) * EmulatedMeter.SPEED * 2
+        stack.write_config(["ledger", "ocpp"],
+                           ingest={"device_max_power_w": {self.device_id: fast}} if emulated else {},
+                           intervals={"tick_s": 0.5, "grace_s": 0},
+                           ledger={"grace_s": 5, "tick_s": 0.3},
+                           ocpp={"price_per_kwh": PRICE_PER_KWH, "command_poll_s": 0.2})
+        stack.create_ledger_key(cheap_kdf=True)
+        stack.deploy()
+        stack.start_broker()
+        stack.start_gateway()
         self.meter = self._make_meter()
-        self._started("meter", self.meter.stop)
+        stack.on_stop("meter", self.meter.stop)
         self.meter.start()
         self.device = self._make_device()
-        self._started("device", self.device.stop)
+        stack.on_stop("device", self.device.stop)
         self.device.start()
         self.device.wait_console(60)
         self.provisioned = self._provision()
         self._register_charging()
         self.charger = self._make_charger()
-        self._started("charger", self.charger.stop)
+        stack.on_stop("charger", self.charger.stop)
         self.charger.start()
 
     def stop(self):
-        errors = self._stack.stop_all()
+        errors = self.stack.stop()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -552,83 +522,24 @@ class Bench:
     def _make_charger(self):
         if self.opts["charger_id"]:
             return ExternalCharger(self.opts["charger_id"])
-        return SimCharger(self.ocpp_url, self.charger_id, self.charger_password)
+        return SimCharger(self.stack.ocpp_url, self.charger_id, self.charger_password)
 
     def _register_charging(self):
         """The charger (Basic auth password, station owner, service fee) and the EV
         driver's idTag with the account it pays from, as an operator registers them."""
-        self.gw("charger", "add", "--id", self.charger_id, "--password", self.charger_password,
-                "--owner", OWNER, "--fee", FEE_PER_KWH)
-        self.gw("account", "add", "--id-tag", self.id_tag, "--address", EV_ACCOUNT)
-
-    @property
-    def ocpp_url(self):
-        return f"ws://{self.ocpp_host}:{self.ocpp_port}/ocpp"
-
-    def _write_config(self):
-        from eth_account import Account
-
-        from gateway.ledger import keystore
-
-        company = Account.from_key(ANVIL_KEYS[1]).address.lower()
-        self.company_key = ANVIL_KEYS[1]
-        (self.workdir / "ledger-password").write_text(PASSWORD + "\n")
-        os.chmod(self.workdir / "ledger-password", 0o600)
-        # Anvil's first development key as the gateway's ledger key (cheap KDF: a test key)
-        keystore.create(self.workdir / "ledger-key.json", PASSWORD, ANVIL_KEYS[0],
-                        kdf="pbkdf2", iterations=1000)
-        sections = {
-            "gateway": {"community": COMMUNITY, "components": ["ledger", "ocpp"]},
-            "store": {"db": str(self.db_path)},
-            "mqtt": {"broker": f"{self.broker_host}:{self.broker_port}", "user": "egs-gateway",
-                     "password_file": str(self.broker_dir / "credentials" / "egs-gateway.password"),
-                     "keepalive": 10, "reconnect_max_s": 1.0},
-            # gaps are filled by the device, never given up: a lost reading fails the suite
-            "ingest": {"resend_cooldown_s": 1.0, "gap_give_up": 0},
-            "intervals": {"tick_s": 0.5, "grace_s": 0},
-            "broker": {"dir": str(self.broker_dir), "host": self.broker_host,
-                       "port": self.broker_port},
-            "ledger": {
-                "rpc_url": self.anvil.url, "chain_id": 31337,
-                "keystore": str(self.workdir / "ledger-key.json"),
-                "password_file": str(self.workdir / "ledger-password"),
-                "deployment": str(self.workdir / "ledger-deployment.json"),
-                "confirmations": 0, "grace_s": 5, "tick_s": 0.3,
-                "education_pool": EDUCATION, "network_pool": NETWORK,
-                "distribution": {"open_issue": address("open-issue"), "company": company,
-                                 "foundation": address("foundation"),
-                                 "founding_team": address("founding-team"),
-                                 "contribution": address("contribution")},
-            },
-            "ocpp": {"enabled": True, "listen": f"{self.ocpp_host}:{self.ocpp_port}",
-                     "price_per_kwh": PRICE_PER_KWH, "min_deposit_eea": "1 EEA",
-                     "energy_pool": POOL, "command_poll_s": 0.2},
-        }
-        self.config_path.write_text(toml_text(sections))
-
-    def gw(self, *args, check=True):
-        return egs_gw(self.config_path, *args, check=check)
-
-    def _deploy(self):
-        self.deployment = self.gw("ledger", "deploy")
-
-    def _configure_broker(self):
-        run_as = "root" if os.geteuid() == 0 else ""
-        args = ["broker", "config", "--out", self.broker_dir, "--community", COMMUNITY,
-                "--host", self.broker_host, "--port", self.broker_port]
-        if run_as:
-            args += ["--run-as", run_as]
-        self.broker_summary = self.gw(*args)
+        self.stack.gw("charger", "add", "--id", self.charger_id, "--password",
+                      self.charger_password, "--owner", OWNER, "--fee", FEE_PER_KWH)
+        self.stack.gw("account", "add", "--id-tag", self.id_tag, "--address", EV_ACCOUNT)
 
     def device_broker(self):
         """The broker address the device is given (on a bench: this machine's LAN address)."""
-        return f"{self.broker_host}:{self.broker_port}"
+        return f"{self.stack.broker_host}:{self.stack.broker_port}"
 
     def provision_args(self):
         """`egs-gw device provision` for the bench's device, as an installer runs it."""
         args = ["device", "provision", "--port", self.device.console_path, "--id", self.device_id,
                 "--community", COMMUNITY, "--broker", self.device_broker(),
-                "--broker-dir", self.broker_dir, "--meter-model", self.meter_model,
+                "--broker-dir", self.stack.broker_dir, "--meter-model", self.meter_model,
                 "--interval", self.reading_interval, "--account", POOL, "--timeout", 60]
         if self.device.kind == "sim":          # the unix port opens the meter by path
             args += ["--meter-link", self.meter.link]
@@ -645,7 +556,7 @@ class Bench:
         key_before = self.device.ask({"cmd": "pubkey"})
         if hello.get("has_key") and self._device_has_history():
             self._preregister()
-        label = self.gw(*self.provision_args())
+        label = self.stack.gw(*self.provision_args())
         reply = self.device.ask({"cmd": "provision", "ack_timeout_s": 5, "status_interval_s": 5,
                                  "mqtt": {"backoff_max_s": 1, "keepalive_s": 10}})
         assert reply.get("ok"), reply
@@ -667,15 +578,16 @@ class Bench:
         serial = st.get("meter_serial") or self.meter.serial
         pub = self.device.ask({"cmd": "pubkey"})["pubkey"]
         if serial:
-            self.gw("device", "add", "--id", self.device_id, "--pubkey", pub, "--meter-serial",
-                    serial, "--account", POOL, "--first-seq", int(st.get("acked") or 0) + 1)
+            self.stack.gw("device", "add", "--id", self.device_id, "--pubkey", pub,
+                          "--meter-serial", serial, "--account", POOL,
+                          "--first-seq", int(st.get("acked") or 0) + 1)
 
     # -- the store ---------------------------------------------------------------------
     def conn(self):
         if self._conn is None:
             from gateway import db
 
-            self._conn = db.connect(self.db_path)
+            self._conn = db.connect(self.stack.db_path)
         return self._conn
 
     def query(self, sql, *args):
@@ -719,28 +631,6 @@ class Bench:
     def outbox_idle(self):
         return not self.query("SELECT 1 FROM ledger_outbox WHERE state IN ('queued', 'signed')")
 
-    def chain(self):
-        from gateway.ledger.chain import Chain
-
-        return Chain(self.anvil.url, 31337, json.loads(
-            (self.workdir / "ledger-deployment.json").read_text()))
-
-    def deposit(self, account, amount):
-        """An EV owner's prepayment: EEA from the company's holding into `account`'s escrow
-        on the WATT contract (the ledger worker picks the Deposited event up)."""
-        from eth_account import Account
-        from web3 import Web3
-
-        chain = self.chain()
-        payer = Account.from_key(self.company_key)
-        for fn in (chain.eea.functions.approve(chain.watt.address, amount),
-                   chain.watt.functions.depositFor(Web3.to_checksum_address(account), amount)):
-            tx = fn.build_transaction({"from": payer.address, "chainId": 31337, "nonce":
-                                       chain.w3.eth.get_transaction_count(payer.address, "pending")})
-            h = chain.w3.eth.send_raw_transaction(payer.sign_transaction(tx).raw_transaction)
-            receipt = chain.w3.eth.wait_for_transaction_receipt(h, timeout=30, poll_latency=0.05)
-            assert receipt["status"] == 1, f"{fn.fn_name} reverted"
-
     def book(self, account, asset):
         from gateway import accounts
 
@@ -748,56 +638,7 @@ class Bench:
 
     def log_tails(self):
         """Logs worth reading when a test fails."""
-        out = []
-        for name, path in (("gateway", self.workdir / "gateway.log"),
-                           ("mosquitto", self.broker_dir / "mosquitto.log")):
-            try:
-                out.append(f"--- {name}\n" + path.read_text(errors="replace")[-3000:])
-            except OSError:
-                pass
+        out = self.stack.log_tails()
         if self.device is not None:
             out.append("--- device\n" + self.device.log_tail())
         return "\n".join(out)
-
-
-class Gateway:
-    """`egs-gw run` as a real process with the bench's config and --ocpp."""
-
-    def __init__(self, bench):
-        self.bench = bench
-        self.log_path = bench.workdir / "gateway.log"
-        exe = shutil.which("egs-gw", path=str(Path(sys.executable).parent))
-        argv = [exe] if exe else [sys.executable, "-m", "gateway.cli"]
-        self.svc = Service(argv + ["run", "--config", bench.config_path,
-                                   "--ocpp", f"{bench.ocpp_host}:{bench.ocpp_port}"],
-                           log_path=self.log_path, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-    def start(self):
-        from gateway import db
-        from gateway.ingest import store
-
-        self.svc.start()
-        conn = db.connect(self.bench.db_path)
-        try:
-            def up():
-                if not self.svc.alive:
-                    raise AssertionError("egs-gw run exited:\n"
-                                         + self.log_path.read_text(errors="replace")[-3000:])
-                try:
-                    value, _ = store.get_state(conn, "service")
-                except Exception:  # noqa: BLE001 - schema not there yet
-                    return False
-                return bool(value and value.get("pid") == self.svc.proc.pid
-                            and value.get("connected"))
-            wait_for(up, 60, "the gateway to connect to the broker")
-        finally:
-            conn.close()
-        wait_port(self.bench.ocpp_port, timeout=30, proc=self.svc.proc, host=self.bench.ocpp_host)
-        return self
-
-    def stop(self):
-        self.svc.stop(timeout=20)
-
-    @property
-    def alive(self):
-        return self.svc.alive

@@ -7,10 +7,9 @@ The pool's WATT is what the bench's device minted for the energy its meter expor
 the car buys the community's own energy, so this test also waits for that interval.
 """
 from gateway.ledger.outbox import settlement_id
+from gateway.units import EEA, parse_price
 from hil_tests.targets import EV_ACCOUNT, FEE_PER_KWH, OWNER, POOL, PRICE_PER_KWH, wait_for
-from ocpp_cs.settings import parse_eea
 
-EEA = 10**18
 ENERGY_WH = 400
 
 
@@ -20,14 +19,14 @@ def test_charging_session_settled_end_to_end(bench):
 
     # the driver prepays on chain; the ledger worker books the deposit for the central system
     booked = bench.book(EV_ACCOUNT, "EEA")
-    bench.deposit(EV_ACCOUNT, 5 * EEA)
+    bench.stack.deposit([(EV_ACCOUNT, 5 * EEA)])
     wait_for(lambda: bench.book(EV_ACCOUNT, "EEA") == booked + 5 * EEA, 30,
              "the deposit to reach the gateway's book")
     # the energy pool holds WATT minted from the device's export, on chain as in the book
     wait_for(lambda: bench.book(POOL, "WATT") >= ENERGY_WH and bench.outbox_idle(),
              bench.settlement_wait_s(), "WATT minted for the pool by interval settlement")
 
-    chain = bench.chain()
+    chain = bench.stack.chain()
     who = [EV_ACCOUNT, POOL, OWNER]
     before = chain.balances(who)
     tx_id = charger.charge(bench.id_tag, ENERGY_WH)
@@ -41,7 +40,7 @@ def test_charging_session_settled_end_to_end(bench):
     wait_for(lambda: chain.applied(sid) and bench.outbox_idle(), 60,
              "the session settlement to be confirmed on chain")
 
-    price, fee = parse_eea(PRICE_PER_KWH), parse_eea(FEE_PER_KWH)
+    price, fee = parse_price(PRICE_PER_KWH, bare="base"), parse_price(FEE_PER_KWH, bare="base")
     energy_eea, fee_eea = ENERGY_WH * price // 1000, ENERGY_WH * fee // 1000
     assert int(session["energy_eea"]) == energy_eea and int(session["fee_eea"]) == fee_eea
     after = chain.balances(who)
@@ -55,6 +54,6 @@ def test_charging_session_settled_end_to_end(bench):
     events = [e for e in chain.events(chain.watt, "Settled", 0, chain.block_number())
               if "0x" + bytes(e["args"]["sid"]).hex() == sid]
     assert len(events) == 1 and events[0]["args"]["burned"] == ENERGY_WH
-    shown = bench.gw("session", "show", tx_id)
+    shown = bench.stack.gw("session", "show", tx_id)
     assert shown["state"] == "settled" and shown["energy_wh"] == ENERGY_WH
-    assert bench.gw("ledger", "reconcile")["differences"] == []
+    assert bench.stack.gw("ledger", "reconcile")["differences"] == []

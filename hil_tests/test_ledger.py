@@ -87,7 +87,7 @@ def test_a_reading_flows_to_the_ledger(bench):
         (interval["export_wh"], interval["import_wh"], net, 0)
 
     # the chain: applied once, minting exactly that, committing to exactly these records
-    chain = bench.chain()
+    chain = bench.stack.chain()
     assert chain.applied(sid)
     events = [e for e in chain.events(chain.watt, "Settled", 0, chain.block_number())
               if "0x" + bytes(e["args"]["sid"]).hex() == sid]
@@ -106,5 +106,5 @@ def test_a_reading_flows_to_the_ledger(bench):
     # chain and book agree (the reconcile a technician runs)
     watt, _escrow = chain.balances([POOL])[POOL]
     assert watt == bench.book(POOL, "WATT")
-    report = bench.gw("ledger", "reconcile")
+    report = bench.stack.gw("ledger", "reconcile")
     assert report["differences"] == []

@@ -23,7 +23,7 @@ def test_meter_disconnected_and_reconnected(bench):
         faults_at_start = status["counters"]["meter_faults"]
         silent_seq = status["seq"]
         # what the gateway knows: the device's retained status says so too
-        wait_for(lambda: (bench.gw("device", "show", "--id", dev).get("status") or {})
+        wait_for(lambda: (bench.stack.gw("device", "show", "--id", dev).get("status") or {})
                  .get("meter_fault"), 30, "the gateway to see the fault in the device's status")
         bench.wait_stored(silent_seq, what="everything signed before the fault")
         # several reading slots pass: nothing is signed, faults are counted
@@ -45,7 +45,7 @@ def test_meter_disconnected_and_reconnected(bench):
     for a, b in itertools.pairwise(rows):
         assert b["import_wh"] >= a["import_wh"] and b["export_wh"] >= a["export_wh"]
     assert not bench.quarantine({"register_decreased", "sequence_reused"})
-    wait_for(lambda: (bench.gw("device", "show", "--id", dev).get("status") or {})
+    wait_for(lambda: (bench.stack.gw("device", "show", "--id", dev).get("status") or {})
              .get("meter_fault") is None, 30, "the retained status to clear the fault")
-    shown = bench.gw("device", "show", "--id", dev)
+    shown = bench.stack.gw("device", "show", "--id", dev)
     assert shown["status"]["meter_serial"] == shown["meter_serial"], "the same meter is back"

@@ -13,7 +13,7 @@ BACKLOG = 6          # readings to accumulate while the broker is down
 def test_broker_outage_buffers_and_replays(bench):
     dev = bench.device_id
     bench.wait_stored(bench.contiguous_top())
-    bench.broker.stop()
+    bench.stack.broker.stop()
     try:
         down = wait_for(lambda: (st := bench.device.status()).get("connected") is False and st,
                         30, "the device to notice the broker is gone")
@@ -25,7 +25,7 @@ def test_broker_outage_buffers_and_replays(bench):
             "everything not acknowledged is still in the device's flash log"
         assert bench.contiguous_top() <= down["seq"], "nothing can arrive without a broker"
     finally:
-        bench.broker.start()
+        bench.stack.broker.start()
 
     final = bench.wait_stored(held["seq"] + 2, timeout=90,
                               what="the backlog replayed and new readings after the outage")

@@ -29,7 +29,7 @@ def test_device_provisioned_over_its_serial_console(bench):
         pubkey = con.ask({"cmd": "pubkey"})["pubkey"]
 
         # the key the gateway registered is the device's, as its console reports it
-        device = bench.gw("device", "show", "--id", bench.device_id)
+        device = bench.stack.gw("device", "show", "--id", bench.device_id)
         assert device["pubkey"] == pubkey == label["pubkey"]
         assert label["fingerprint"] == ocmf.key_fingerprint(bytes.fromhex(pubkey))
         assert device["meter_serial"] == label["meter_serial"]
@@ -58,7 +58,7 @@ def test_device_provisioned_over_its_serial_console(bench):
         assert con.ask({"cmd": "pubkey"})["pubkey"] == pubkey
         transcript = b"\n".join(con.transcript)
 
-    password = bench.broker_dir / "credentials" / f"{bench.device_id}.password"
+    password = bench.stack.broker_dir / "credentials" / f"{bench.device_id}.password"
     assert stat.S_IMODE(password.stat().st_mode) == 0o600
     assert password.read_text().strip().encode() not in transcript
 
@@ -72,7 +72,7 @@ def test_device_provisioned_over_its_serial_console(bench):
 
     # provisioning again (e.g. a new Wi-Fi password) keeps the key and the registration
     seq = bench.contiguous_top()
-    again = bench.gw(*bench.provision_args())
+    again = bench.stack.gw(*bench.provision_args())
     assert again["key"] == "kept" and again["pubkey"] == pubkey
     assert again["registration"] == "already registered (same key)"
     bench.device.wait_console(60)

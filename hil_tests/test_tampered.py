@@ -17,10 +17,10 @@ from protocol import ocmf
 def publish_as_device(bench, payloads):
     import paho.mqtt.client as mqtt
 
-    password = (bench.broker_dir / "credentials" / f"{bench.device_id}.password").read_text().strip()
+    password = (bench.stack.broker_dir / "credentials" / f"{bench.device_id}.password").read_text().strip()
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hil-intruder")
     c.username_pw_set(bench.device_id, password)
-    c.connect(bench.broker_host, bench.broker_port, keepalive=10)
+    c.connect(bench.stack.broker_host, bench.stack.broker_port, keepalive=10)
     c.loop_start()
     try:
         for payload in payloads:
@@ -74,7 +74,7 @@ def test_tampered_records_on_the_broker_are_rejected(bench):
     assert raised in raws and made_up in raws
     assert raws[raised]["seq"] == top and raws[made_up]["seq"] == nxt
     assert all(q["device_id"] == dev and q["detail"] for q in bad)
-    events = bench.gw("events", "--device", dev)
+    events = bench.stack.gw("events", "--device", dev)
     kinds = json.dumps(events)
     assert "bad_signature" in kinds, "logged as a security event"
 

@@ -19,8 +19,9 @@ from rich.table import Table
 from gateway import accounts
 from gateway.cliutil import UserError, common_options
 from gateway.db import transaction
+from gateway.units import format_eea, parse_eea, parse_price
 from ocpp_cs import auth, store
-from ocpp_cs.settings import Settings, format_eea, parse_eea
+from ocpp_cs.settings import Settings
 
 console = Console()
 if not console.is_terminal and console.width < 140:  # piped output: do not cut tables at 80
@@ -90,7 +91,7 @@ def charger():
 @common_options
 def charger_add(app, charger_id, password, owner, fee, meter_key):
     """Register a charger (or complete one that waits as Pending)."""
-    fee_units = parse_eea(fee)
+    fee_units = parse_price(fee, bare="base", minimum=0)
     if fee_units and not owner:
         raise UserError("--fee needs --owner (who receives the fee)")
     key = _load_meter_key(meter_key)
@@ -119,7 +120,7 @@ def charger_set(app, charger_id, password, owner, fee, meter_key):
     if owner is not None:
         fields["owner"] = owner
     if fee is not None:
-        fields["fee_per_kwh"] = parse_eea(fee)
+        fields["fee_per_kwh"] = parse_price(fee, bare="base", minimum=0)
     if meter_key is not None:
         fields["meter_key"] = _load_meter_key(meter_key)
     if not fields:
@@ -386,7 +387,7 @@ def account_show(app, id_tag):
 @common_options
 def account_credit(app, id_tag, amount, ref):
     """Record a prepaid EEA deposit in the balance book (no tokens move)."""
-    units = parse_eea(amount)
+    units = parse_eea(amount, bare="base")
     if units <= 0:
         raise UserError("--amount must be positive")
     conn = _conn(app)

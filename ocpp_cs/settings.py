@@ -2,18 +2,16 @@
 
 Amounts are EEA base units (18 decimals). TOML integers stop at 2**63 − 1 (about
 9.2 EEA), so an amount may also be written as a string: "25000000000000000000"
-(base units) or "25 EEA" / "0.30EEA" (decimal EEA). Energy is always integer Wh.
+(base units) or "25 EEA" / "0.30EEA" (decimal EEA), read by gateway.units.
+Energy is always integer Wh.
 """
-from decimal import Decimal, InvalidOperation
-
 from gateway import config as config_mod
 from gateway.config import REQUIRED, ConfigError
-
-EEA_DECIMALS = 18
+from gateway.units import parse_eea, parse_price
 
 
 class _AmountMeta(type):
-    """isinstance(value, Amount) holds for the spellings `parse_eea` accepts."""
+    """isinstance(value, Amount) holds for the spellings of a price or an amount."""
 
     def __instancecheck__(cls, value):
         if isinstance(value, bool):
@@ -22,7 +20,7 @@ class _AmountMeta(type):
             return value >= 0
         if isinstance(value, str):
             try:
-                parse_eea(value)
+                parse_price(value, bare="base", minimum=0)
             except ValueError:
                 return False
             return True
@@ -31,45 +29,6 @@ class _AmountMeta(type):
 
 class Amount(metaclass=_AmountMeta):
     """Config field type: a non-negative EEA amount (int base units or a string)."""
-
-
-def parse_eea(value):
-    """'123' → 123 base units; '1.5 EEA' / '1.5EEA' → 1.5·10**18. Never a float."""
-    if type(value) is int:
-        if value < 0:
-            raise ValueError(f"EEA amount must not be negative: {value}")
-        return value
-    text = str(value).strip().replace("_", "")
-    if text.upper().endswith("EEA"):
-        number = text[:-3].strip()
-        try:
-            d = Decimal(number)
-        except InvalidOperation:
-            raise ValueError(f"not an EEA amount: {value!r}") from None
-        if not d.is_finite():
-            raise ValueError(f"not an EEA amount: {value!r}")
-        units = d.scaleb(EEA_DECIMALS)
-        if units != units.to_integral_value():
-            raise ValueError(f"{value!r} has more than {EEA_DECIMALS} decimals")
-        units = int(units)
-    else:
-        if not text.isdigit():
-            raise ValueError(
-                f"not an EEA amount: {value!r} (base units as digits, or a decimal followed by EEA)")
-        units = int(text)
-    if units < 0:
-        raise ValueError(f"EEA amount must not be negative: {value!r}")
-    return units
-
-
-def format_eea(units):
-    """Base units → '1.5 EEA' for people (exact, trailing zeros dropped)."""
-    units = int(units)
-    sign = "-" if units < 0 else ""
-    whole, frac = divmod(abs(units), 10**EEA_DECIMALS)
-    if frac:
-        return f"{sign}{whole}.{str(frac).rjust(EEA_DECIMALS, '0').rstrip('0')} EEA"
-    return f"{sign}{whole} EEA"
 
 
 def parse_listen(text, default_port=9000):
@@ -95,7 +54,7 @@ config_mod.section("ocpp", {
     "tls_key": (str, ""),
     # unknown charge points: refused (HTTP 404) or accepted as Pending until registered
     "allow_unknown_pending": (bool, False),
-    # community price of energy, EEA base units per kWh (issue 7 replaces it with a market buy)
+    # community price of energy, EEA base units per kWh (when no market prices the session)
     "price_per_kwh": (Amount, REQUIRED),
     # an idTag is Accepted only when its account's prepaid EEA balance covers this
     "min_deposit_eea": (Amount, "1 EEA"),
@@ -131,8 +90,8 @@ class Settings:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("ocpp.tls_cert and ocpp.tls_key: set both (profile 2) or neither")
         self.allow_unknown_pending = section["allow_unknown_pending"]
-        self.price_per_kwh = self._amount(section, "price_per_kwh", need_settlement)
-        self.min_deposit_eea = self._amount(section, "min_deposit_eea", True)
+        self.price_per_kwh = self._amount(section, "price_per_kwh", need_settlement, parse_price)
+        self.min_deposit_eea = self._amount(section, "min_deposit_eea", True, parse_eea)
         pool = section["energy_pool"]
         if pool is REQUIRED:
             if need_settlement:
@@ -161,14 +120,14 @@ class Settings:
         self.gc_full_s = max(self.gc_freeze_s, section["gc_full_s"])
 
     @staticmethod
-    def _amount(section, key, required):
+    def _amount(section, key, required, parse):
         value = section[key]
         if value is REQUIRED:
             if required:
                 raise ConfigError(f"ocpp.{key}: required (EEA base units per kWh)")
             return None
         try:
-            return parse_eea(value)
+            return parse(value, bare="base", minimum=0)
         except ValueError as e:
             raise ConfigError(f"ocpp.{key}: {e}") from None
 

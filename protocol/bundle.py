@@ -13,8 +13,9 @@ gzip would need a directory or an inflate window. Why sign the manifest, not the
 the device checks the signature once (about a second of P-256 on an ESP32), before
 writing anything, then checks each file's SHA-256 while copying it.
 
-The same code runs on the device (firmware/ota.py) and on CPython (the installer,
-`egs-gw device flash`), so both refuse exactly the same bundles. Every refusal is a
+Part of the wire contract (protocol/), not of the firmware: the same code runs on the
+device (firmware/ota.py) and on CPython (the installer, `egs-gw device flash`, and the
+update server), so both refuse exactly the same bundles. Every refusal is a
 BundleError whose message says what is wrong; nothing is written outside `dest`, and
 names are checked (no "..", no absolute paths, only [a-z0-9_./-]).
 """

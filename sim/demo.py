@@ -5,10 +5,12 @@
 
 First the smallest honest demonstration of the trust chain (sim/demo_protocol.py: a key
 born on MicroPython signs a reading that CPython verifies), then the community
-(sim/community.py) with a live view, and the report (sim/report.py) with a PNG chart.
+(sim/community.py) with a live view, the report (sim/report.py) with a PNG chart, and
+the invariants (sim/invariants.py).
 Exit status: 0 when every invariant of DESIGN.md held, 1 when one failed, 2 when the demo
 could not run, 130 when interrupted. docs/demo.md explains the figures.
 """
+import signal
 import sys
 import time
 from pathlib import Path
@@ -55,7 +57,7 @@ def run_community(opts, live=True, console=None):
     from rich.console import Console
     from rich.live import Live
 
-    from sim import report
+    from sim import invariants, report
     from sim.community import Community
 
     if console is None:
@@ -83,7 +85,7 @@ def run_community(opts, live=True, console=None):
         console.print("[yellow]interrupted: everything the demo started has been stopped")
         return 130, None, None
     data = report.collect(community)
-    checks = report.invariants(community, data)
+    checks = invariants.check(community, data)
     chart_path = community.out / "community.png"
     report.chart(data, chart_path)
     (community.out / "report.json").write_text(report.to_json(data, checks))
@@ -119,7 +121,7 @@ def run_community(opts, live=True, console=None):
 def main(households, chargers, hours, speed, start_hour, reading_interval, out, charger_kw, seed,
          no_tamper, no_live, skip_protocol):
     """The EGS demo: protocol walk-through, then a community's simulated day and its report."""
-    from sim.community import Options, install_sigterm
+    from sim.community import Options
 
     install_sigterm()
     out = Path(out) if out else Path("demo-out") / time.strftime("%Y%m%d-%H%M%S")
@@ -150,6 +152,13 @@ def main(households, chargers, hours, speed, start_hour, reading_interval, out, 
         print("interrupted: everything the demo started has been stopped", file=sys.stderr)
         sys.exit(130)
     sys.exit(status)
+
+
+def install_sigterm():
+    """SIGTERM ends the demo like Ctrl-C (everything it started is stopped)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _fail(error):

@@ -94,9 +94,6 @@ def write_config(state_dir, cfg):
     return path
 
 
-# What goes into the device image: firmware/ (without the other board's HAL) and the
-# device half of protocol/ (ocmf_verify.py is the gateway's).
-DEVICE_EXCLUDE = ("firmware/hal/esp32", "protocol/ocmf_verify.py")
 ROMFS_SLACK = 8192       # VfsRom object, mount table, the boot snippet's own code; the
                          # snippet pins what is left over in a ballast bytearray
 
@@ -128,14 +125,11 @@ main(sys.argv)
 
 
 def device_sources():
-    out = []
-    for package in ("firmware", "protocol"):
-        for src in sorted((ROOT / package).rglob("*.py")):
-            rel = src.relative_to(ROOT).as_posix()
-            if "__pycache__" in rel or rel.startswith(DEVICE_EXCLUDE):
-                continue
-            out.append(rel)
-    return out
+    """What goes into the device image: the unix port's files of the one list the release
+    bundle is built from (firmware/manifest.py)."""
+    from firmware import manifest
+
+    return manifest.files("unix")
 
 
 def mpremote():
@@ -262,24 +256,31 @@ class DeviceProcess(Service):
 
     @staticmethod
     def _read(proc, replies):
+        from protocol import messages_gateway
+
         for line in proc.stdout:
-            line = line.strip()
-            if line.startswith(b"{"):
-                try:
-                    replies.put(json.loads(line))
-                except ValueError:
-                    replies.put({"ok": False, "error": "unparseable reply", "raw": line.decode()})
+            try:
+                reply = messages_gateway.parse_reply(line)
+            except messages_gateway.MessageError:
+                reply = {"ok": False, "error": "unparseable reply",
+                         "raw": line.strip().decode(errors="replace")}
+            if reply is not None:
+                replies.put(reply)
 
     def request(self, obj, timeout=15.0):
-        """Send one console command (dict or raw line) and return the device's reply."""
-        line = obj if isinstance(obj, (str, bytes)) else json.dumps(obj)
-        if isinstance(line, str):
-            line = line.encode()
+        """Send one console command (a request dict, or a raw line of anything for hostile
+        input) and return the device's reply."""
+        from protocol import messages_gateway
+
+        if isinstance(obj, (str, bytes)):
+            line = (obj.encode() if isinstance(obj, str) else obj) + b"\n"
+        else:
+            line = messages_gateway.console_request(obj)
         deadline = time.monotonic() + timeout
         while True:                       # across a reboot the console comes back
             proc, replies = self.proc, self._replies
             try:
-                proc.stdin.write(line + b"\n")
+                proc.stdin.write(line)
                 proc.stdin.flush()
                 break
             except (BrokenPipeError, ValueError):

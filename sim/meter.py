@@ -2,10 +2,10 @@
 
 A pymodbus 3 server (SimDevice datastore, RTU framing) serving the register maps of
 firmware/meters.py, so the emulator and the firmware read the same table. Energy counters
-advance from a power profile on a simulated clock (its own, from start_epoch at `speed`;
-or, when EGS_CLOCK is set and no start_epoch is given, the demo's shared clock,
-gateway/clock.py); faults are injected while it runs. Subclasses may override
-`power_at(t)` for other profiles (sim/community.py).
+advance from a power profile (sim/profiles.py) on a simulated clock (its own, from
+start_epoch at `speed`; or, when EGS_CLOCK is set and no start_epoch is given, the demo's
+shared clock, gateway/clock.py); faults are injected while it runs. Subclasses may override
+`power_at(t)` for other profiles (sim/households.py).
 
 Links:
 - serial: `--serial-link PATH`. If PATH is an existing tty (a USB RS-485 adapter for
@@ -36,7 +36,6 @@ import asyncio
 import errno
 import json
 import logging
-import math
 import os
 import signal
 import struct
@@ -55,50 +54,15 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from firmware import meters
 from firmware.modbus import crc16
 from gateway import clock
+from sim.profiles import PROFILES, profile_power_w
 
 WMS_PER_WH = 3_600_000          # energy is integrated in W*ms
 FAULTS = ("timeout", "crc", "exception", "slow", "nan", "infinite", "negative", "garbage",
           "noise", "short", "wrong_unit", "wrong_function")
 _VALUE_FAULTS = ("nan", "infinite", "negative")
 _PACKET_FAULTS = ("timeout", "crc", "garbage", "noise", "short", "wrong_unit", "wrong_function")
-PROFILES = ("flat", "household", "pv")
 NOISE = b"\x00\xff\x55\xaa\x13"
 
-
-# ---------------------------------------------------------------- profiles (W, + = import)
-
-def _bump(t, centre, width, height):
-    """A smooth bump of `height` W centred on `centre` s, zero beyond +-width."""
-    d = abs(t - centre)
-    if d >= width:
-        return 0.0
-    return height * 0.5 * (1 + math.cos(math.pi * d / width))
-
-
-def household_w(t):
-    """Household consumption over the day (t = seconds since midnight)."""
-    return (250 + _bump(t, 7.5 * 3600, 1.5 * 3600, 1200) + _bump(t, 12.5 * 3600, 1 * 3600, 600)
-            + _bump(t, 19.5 * 3600, 2.5 * 3600, 2200))
-
-
-def pv_w(t, peak=5000):
-    """PV generation: half a sine from 06:00 to 20:00."""
-    day = t / 3600 - 6
-    return peak * math.sin(math.pi * day / 14) if 0 < day < 14 else 0.0
-
-
-def profile_power_w(profile, t, flat_w=1000):
-    """Net power at the meter in W (positive import, negative export)."""
-    if profile == "flat":
-        return int(flat_w)
-    if profile == "household":
-        return round(household_w(t))
-    if profile == "pv":
-        return round(household_w(t) - pv_w(t))
-    raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
-
-
-# ---------------------------------------------------------------- register encoding
 
 def _words(raw, count):
     return [(raw >> (16 * (count - 1 - i))) & 0xFFFF for i in range(count)]

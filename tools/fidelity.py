@@ -45,10 +45,6 @@ STUBS = ROOT / ".stubs"
 APP_BUDGET = 64 * 1024
 MARCH = "xtensawin"
 
-# The device-side parts of protocol/ (protocol/ocmf_verify.py is the gateway's half).
-PROTOCOL_DEVICE = ("protocol/__init__.py", "protocol/p256.py", "protocol/ocmf.py",
-                   "protocol/topics.py")
-
 # Where integer Wh are computed, stored or formatted: module -> functions (None = all of it).
 ENERGY_PATH = {
     "firmware/meters.py": None,
@@ -73,33 +69,22 @@ class GateError(RuntimeError):
 
 # ------------------------------------------------------------------ module sets
 
-def _rel(path, root=None):
-    return Path(path).resolve().relative_to(ROOT if root is None else root).as_posix()
-
-
 def _is_unix_hal(rel):
     return rel.startswith("firmware/hal/unix")
 
 
 def device_modules(port="esp32", root=None):
-    """Repository-relative paths of the .py files that run on the device, sorted.
+    """Repository-relative paths of the .py files that run on the device, sorted: the one
+    list in firmware/manifest.py (the release bundle's and the emulator's).
 
-    port "esp32": firmware/ without the unix HAL, plus the device side of protocol/.
+    port "esp32": the firmware with the ESP32 HAL, plus the device side of protocol/.
     port "unix": the same with the unix HAL instead of the ESP32 HAL modules.
+    Under another `root` (a copy of the sources), those of the list that it holds.
     """
+    from firmware import manifest
+
     root = Path(ROOT if root is None else root).resolve()
-    found = []
-    for path in sorted((root / "firmware").rglob("*.py")):
-        rel = _rel(path, root)
-        if "__pycache__" in rel:
-            continue
-        if port == "esp32" and _is_unix_hal(rel):
-            continue
-        if port == "unix" and rel.startswith("firmware/hal/esp32"):
-            continue
-        found.append(rel)
-    found += [p for p in PROTOCOL_DEVICE if (root / p).exists()]
-    return sorted(found)
+    return [rel for rel in manifest.files(port) if (root / rel).is_file()]
 
 
 def all_device_modules():

@@ -4,10 +4,11 @@
     .venv/bin/python -m tools.release keygen --key PEM     # a new release key (0600) + .pub
     .venv/bin/python -m tools.release verify BUNDLE --pubkey HEX|FILE
 
-The bundle (format in firmware/bundle.py) holds the .mpy of every device module
-(tools/fidelity.device_modules), a manifest with each file's name, size and SHA-256, the
-firmware version (FW_VERSION in firmware/app.py, so the bundle and the code it carries
-cannot disagree) and an ECDSA P-256 signature over the manifest by the release key.
+The bundle (format in protocol/bundle.py) holds the .mpy of every device module (the one
+list in firmware/manifest.py, through tools/fidelity.device_modules), a manifest with each
+file's name, size and SHA-256, the firmware version (FW_VERSION in firmware/version.py, so
+the bundle and the code it carries cannot disagree) and an ECDSA P-256 signature over the
+manifest by the release key.
 
 Reproducible: the same sources give a byte-identical bundle. mpy-cross output depends only
 on the source and the embedded name (the repository path); the tar has fixed order, mtime
@@ -31,7 +32,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from firmware import bundle as bundle_mod
+from protocol import bundle as bundle_mod
 from protocol import p256
 from tools import fidelity
 
@@ -95,11 +96,16 @@ def load_pubkey(text_or_path):
 
 # ------------------------------------------------------------------------ bundle
 
+VERSION_FILE = "firmware/version.py"
+
+
 def firmware_version(root=ROOT):
-    m = re.search(r'^FW_VERSION\s*=\s*"([^"]+)"', (Path(root) / "firmware/app.py").read_text(),
+    """FW_VERSION of the sources under `root`, read from the text of firmware/version.py
+    (the sources may be another tree than the one this tool runs from)."""
+    m = re.search(r'^FW_VERSION\s*=\s*"([^"]+)"', (Path(root) / VERSION_FILE).read_text(),
                   re.MULTILINE)
     if not m or bundle_mod.parse_version(m.group(1)) is None:
-        raise ReleaseError("firmware/app.py has no FW_VERSION = \"X.Y.Z\"")
+        raise ReleaseError(f"{VERSION_FILE} has no FW_VERSION = \"X.Y.Z\"")
     return m.group(1)
 
 

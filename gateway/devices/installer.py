@@ -1,4 +1,5 @@
-"""`egs-gw device flash`: install a signed firmware release on a new (or repaired) ESP32.
+"""Installing a signed firmware release on a new (or repaired) ESP32: what
+`egs-gw device flash` (gateway/devices/commands.py) does, step by step.
 
     egs-gw device flash --port /dev/ttyUSB0 --bundle dist/firmware-0.1.0.tar
                         [--release-key HEX|FILE] [--micropython ESP32_GENERIC.bin] [--erase]
@@ -6,7 +7,7 @@
 
 Steps (docs/installer.md):
 1. check the bundle: manifest signature against the release public key, every file's
-   size and SHA-256 (firmware/bundle.py, the code the device runs for updates too). An
+   size and SHA-256 (protocol/bundle.py, the code the device runs for updates too). An
    unsigned or tampered bundle is refused here, before the device is touched;
 2. with --micropython: `esptool write-flash 0x1000 IMAGE` (after `erase-flash` with
    --erase), the MicroPython firmware image for the board;
@@ -25,15 +26,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import click
-
-from firmware import boot_select, bundle
-from gateway.cliutil import UserError, common_options
-from gateway.devices import settings as firmware_settings
-from protocol import p256
+from firmware import boot_select
+from gateway.cliutil import UserError
+from protocol import bundle, p256
 
 MICROPYTHON_OFFSET = "0x1000"       # ESP32 (classic) MicroPython images start here
 
@@ -142,79 +139,7 @@ def plan(port, tree, image=None, erase=False, baud=460800):
     return steps
 
 
-@click.command("flash", context_settings={"ignore_unknown_options": True,
-                                          "allow_extra_args": True})
-@common_options
-@click.option("--port", required=True, help="Serial port of the board (e.g. /dev/ttyUSB0).")
-@click.option("--bundle", "bundle_path", required=True, type=click.Path(dir_okay=False),
-              help="Signed release bundle (make firmware: dist/firmware-<version>.tar).")
-@click.option("--release-key", envvar="EGS_RELEASE_PUBKEY",
-              help="Release public key (hex, or a file holding it) the bundle must be signed "
-                   "with; the device keeps it for updates. Default: firmware.release_pubkey.")
-@click.option("--micropython", "image", type=click.Path(dir_okay=False, exists=True),
-              help="MicroPython firmware image to write first (ESP32_GENERIC .bin).")
-@click.option("--erase", is_flag=True, help="Erase the whole flash first (a new device).")
-@click.option("--dry-run", is_flag=True, help="Check the bundle and print the commands only.")
-@click.option("--id", "device_id", help="Then provision the device with this id (further "
-              "options go to `device provision`).")
-@click.pass_context
-def flash_cmd(ctx, app, port, bundle_path, release_key, image, erase, dry_run, device_id):
-    """Flash MicroPython and install a signed firmware release, then provision."""
-    from rich.console import Console
-
-    out = Console(stderr=True, highlight=False, soft_wrap=True)
-    if ctx.args and not device_id:
-        # extra options are meant for `device provision`; without --id a typo
-        # (--eras, --dryrun) would otherwise be dropped silently
-        raise UserError(f"unknown options {' '.join(ctx.args)} (options for `device "
-                        "provision` need --id)")
-    key_value = release_key or firmware_settings.release_pubkey(app.config)
-    if not key_value:
-        raise UserError("no release key: give --release-key or set firmware.release_pubkey")
-    pubkey = load_release_key(key_value)
-    if erase and not image:
-        raise UserError("--erase wipes MicroPython too: give --micropython IMAGE with it")
-    manifest = check_bundle(bundle_path, pubkey)
-    if manifest.get("port") != "esp32":
-        raise UserError(f"bundle {bundle_path} is built for the {manifest.get('port')!r} port, "
-                        "not esp32: build it with `make firmware`")
-    with tempfile.TemporaryDirectory() as tmp:
-        stage_tree(bundle_path, pubkey, tmp)
-        steps = plan(port, tmp, image, erase)
-        total = 1 + len(steps) + (1 if device_id else 0)
-        out.print(f"[1/{total}] bundle {Path(bundle_path).name}: version "
-                  f"{manifest['version']}, {len(manifest['files'])} files, signature and "
-                  "hashes good")
-        if dry_run:
-            app.emit({"version": manifest["version"], "steps": [
-                {"step": name, "argv": argv} for name, argv in steps]})
-            return
-        for i, (name, argv) in enumerate(steps, 2):
-            out.print(f"[{i}/{total}] {name} ...")
-            code = _run(argv)
-            if code != 0:
-                raise UserError(f"{name} failed (exit {code}): {' '.join(argv[:6])} ...")
-    out.print(f"installed firmware {manifest['version']} on {port}")
-    if device_id:
-        provision = ctx.parent.command.get_command(ctx, "provision") if ctx.parent else None
-        if provision is None:
-            raise UserError("`device provision` is not available in this egs-gw")
-        argv = ["--port", port, "--id", device_id] + list(ctx.args)
-        if app.config_path:
-            argv += ["--config", app.config_path]
-        argv += ["--db", str(app.db_path)]    # --db given to flash registers the device there
-        if app.json:
-            argv.append("--json")       # provision's JSON is the one document on stdout
-        out.print(f"[{total}/{total}] handing over to: egs-gw device provision "
-                  + " ".join(argv))
-        provision.main(argv, standalone_mode=False, parent=ctx.parent)
-    else:
-        out.print(f"next: egs-gw device provision --port {port} --id <device-id> ...")
-        app.emit({"version": manifest["version"], "port": port, "installed": True,
-                  "steps": [name for name, _ in steps]}, human=lambda data: None)
-
-
-def _run(argv):
+def run_step(argv):
     """Exit status of a step; its output goes to stderr, so stdout stays for --json."""
     try:
         sink = sys.stderr.fileno()
@@ -226,5 +151,3 @@ def _run(argv):
     sys.stderr.write(proc.stdout.decode(errors="replace"))
     return proc.returncode
 
-
-DEVICE_COMMANDS = [flash_cmd]

@@ -23,11 +23,11 @@ prints is ignored. Steps:
 Re-provisioning a registered device is allowed when it still has the same key
 (configuration changes, e.g. a new Wi-Fi password).
 """
-import json
 import time
 
 from gateway.devices import broker as broker_mod
 from gateway.ingest import settings, store
+from protocol import messages_gateway
 
 
 class ProvisionError(ValueError):
@@ -62,9 +62,15 @@ class Console:
         return line.strip()
 
     def request(self, msg, timeout=None):
+        """The device's reply (a dict with "ok": true) to request `msg` (a dict with "cmd");
+        the line format is protocol/console.py's, the device's own."""
+        try:
+            line = messages_gateway.console_request(msg)
+        except messages_gateway.MessageError as e:
+            raise ProvisionError(str(e)) from None
         self.ser.reset_input_buffer()
         self.buf = b""
-        self.ser.write(json.dumps(msg).encode() + b"\n")
+        self.ser.write(line)
         self.ser.flush()
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
@@ -72,13 +78,11 @@ class Console:
             if line is None:
                 raise ProvisionError(f"no reply from the device to {msg['cmd']!r} within "
                                      f"{timeout or self.timeout:g} s (is it an EGS device on this port?)")
-            if not line.startswith(b"{"):
-                continue
             try:
-                reply = json.loads(line)
-            except (ValueError, RecursionError):   # noise, or nesting too deep to decode
+                reply = messages_gateway.parse_reply(line)
+            except messages_gateway.MessageError:   # noise that starts with "{"
                 continue
-            if not isinstance(reply, dict):
+            if reply is None:               # the device's log lines for people
                 continue
             if reply.get("ok") is not True:
                 raise ProvisionError(f"device refused {msg['cmd']!r}: {reply.get('error', reply)}")
@@ -103,9 +107,13 @@ def provision(conn, port, device_id, *, community, broker, broker_dir, wifi_ssid
         from gateway.accounts import normalize_address
         account = normalize_address(account)
     broker_cfg = dict(_broker_addr(broker), tls=bool(broker_tls))
+    # before anything is handed out: the device gets the credential of the user named like it
+    store.check_user_name(conn, device_id)
     known = store.get_device(conn, device_id)
     if known is not None and known["revoked"]:
         raise ProvisionError(f"device {device_id} is revoked; provision it under a new id")
+    if known is None and meter_serial:
+        store.check_meter_free(conn, meter_serial)
     from pathlib import Path
     if not (Path(broker_dir) / "passwd").exists():
         raise ProvisionError(f"no broker configuration in {broker_dir} "

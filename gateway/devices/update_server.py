@@ -1,9 +1,10 @@
-"""`egs-gw device update`: offer a signed release to devices over MQTT and serve it.
+"""Over-the-air updates: offer a signed release to devices over MQTT and serve it (the work
+of `egs-gw device update`, gateway/devices/commands.py).
 
     egs-gw device update --release dist/firmware-0.2.0.tar (--device ID ... | --all)
                          [--release-key HEX|FILE] [--timeout 600] [--host ADDR] [--port N]
 
-1. The release is checked first with the release key (firmware/bundle.py); a tampered or
+1. The release is checked first with the release key (protocol/bundle.py); a tampered or
    unsigned file is never offered.
 2. A small HTTP server (stdlib, one file, GET with Range) serves it for the length of the
    command, at http://<host>:<port>/firmware-<sha256 prefix>.tar. Devices fetch it in
@@ -11,10 +12,16 @@
    signature and every hash against the key it was installed with.
 3. `{"cmd":"update","url":...,"version":...,"size":...}` goes to each device's .../cmd
    (QoS 1), again whenever a device comes back online still on its old version with no
-   update under way (e.g. after a power cut during the download).
+   update under way (e.g. after a power cut during the download). It is built by
+   protocol/messages_gateway.py with the device's own checks (protocol/offer.py): an offer
+   the device would refuse is not sent.
 4. The command follows each device's retained .../status until it runs the new version
    confirmed (first signed reading after the switch), refused it, or rolled it back, and
    prints the outcome per device; exit status 1 if any device did not end up updated.
+
+It logs in to the broker as its own user (egs-updater, written by `egs-gw broker config`,
+`broker.updater_login`), whose ACL allows reading status and writing cmd only: with the
+gateway's user it would drop the running gateway (one connection per user name).
 """
 import hashlib
 import http.server
@@ -24,11 +31,8 @@ import threading
 import time
 from pathlib import Path
 
-import click
-
-from gateway.cliutil import UserError, common_options
-from gateway.devices import settings as firmware_settings
-from gateway.devices.installer import check_bundle, load_release_key
+from gateway.cliutil import UserError
+from gateway.devices.installer import check_bundle
 
 DONE, FAILED, WAITING = "updated", "failed", "waiting"
 
@@ -134,7 +138,7 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
     """
     import paho.mqtt.client as mqtt
 
-    from protocol import topics
+    from protocol import messages_gateway, topics
 
     manifest = check_bundle(release, pubkey)
     version = manifest["version"]
@@ -143,7 +147,10 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
     lock = threading.Condition()
     with ReleaseServer(release, bind, http_port) as srv:
         url = f"http://{http_host}:{srv.port}{srv.name}"
-        cmd = json.dumps({"cmd": "update", "url": url, "version": version, "size": size})
+        try:
+            cmd = messages_gateway.update(url, version, size)
+        except messages_gateway.MessageError as e:
+            raise UserError(f"release {release} cannot be offered: {e}") from None
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                              client_id=f"egs-gw-update-{os.getpid()}")
         if user:
@@ -217,94 +224,3 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
             state[d]["detail"] = "timed out (" + (state[d]["detail"] or "no status") + ")"
         state[d].pop("status", None)
     return {"version": version, "url": url, "devices": state}
-
-
-def _loopback(host):
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@click.command("update")
-@common_options
-@click.option("--release", "release", required=True, type=click.Path(dir_okay=False),
-              help="Signed release bundle (dist/firmware-<version>.tar).")
-@click.option("--device", "device_ids", multiple=True, help="Device id (repeatable).")
-@click.option("--all", "all_devices", is_flag=True, help="Every registered, non-revoked device.")
-@click.option("--release-key", envvar="EGS_RELEASE_PUBKEY",
-              help="Release public key (hex or file). Default: firmware.release_pubkey.")
-@click.option("--host", "http_host", help="Address devices reach this gateway on "
-              "(default: firmware.update_host, else the broker's host).")
-@click.option("--port", "http_port", type=int, help="HTTP port (default: firmware.update_port, "
-              "0 = any free port).")
-@click.option("--timeout", default=600.0, show_default=True, type=float,
-              help="Seconds to wait for the devices.")
-def update_cmd(app, release, device_ids, all_devices, release_key, http_host, http_port,
-               timeout):
-    """Offer a signed firmware release to devices over MQTT and follow the rollout."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from gateway.ingest import store
-    from gateway.ingest.mqtt import read_password
-
-    if bool(device_ids) == bool(all_devices):
-        raise UserError("give --device ID (repeatable) or --all")
-    fw = app.config.get("firmware", {})
-    key_value = release_key or firmware_settings.release_pubkey(app.config)
-    if not key_value:
-        raise UserError("no release key: give --release-key or set firmware.release_pubkey")
-    pubkey = load_release_key(key_value)
-    check_bundle(release, pubkey)
-    community = app.config["gateway"]["community"]
-    if not isinstance(community, str):
-        raise UserError("gateway.community is required in the config")
-    if all_devices:
-        devices = [d["id"] for d in store.list_devices(app.conn()) if not d["revoked"]]
-        if not devices:
-            raise UserError("no registered devices")
-    else:
-        devices = list(dict.fromkeys(device_ids))
-    mq = app.config["mqtt"]
-    broker = mq["broker"]
-    host = http_host or fw.get("update_host") or broker.rpartition(":")[0] or "127.0.0.1"
-    port = http_port if http_port is not None else fw.get("update_port", 0)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    if _loopback(host):
-        # right for devices on this machine (the emulator); a real meter cannot reach it
-        err.print(f"warning: devices will download from {host}, this machine's loopback "
-                  "address; for meters on the network set firmware.update_host or --host "
-                  "to an address they reach this gateway on")
-    last = {}
-
-    def progress(states):
-        for d, s in states.items():
-            key = (s["result"], s["detail"])
-            if last.get(d) != key:
-                last[d] = key
-                err.print(f"{d}: {s['result']} {s['detail']}".rstrip())
-
-    result = update_devices(broker, community, devices, release, pubkey, user=mq["user"] or None,
-                            password=read_password(mq["password_file"]),
-                            http_host=host, http_port=port, timeout=timeout, progress=progress)
-
-    def human(r):
-        t = Table(title=f"update to {r['version']}")
-        t.add_column("device")
-        t.add_column("result")
-        t.add_column("detail")
-        for d, s in r["devices"].items():
-            t.add_row(d, s["result"], s["detail"])
-        Console().print(t)
-
-    app.emit(result, human)
-    if any(s["result"] != DONE for s in result["devices"].values()):
-        raise SystemExit(1)
-
-
-DEVICE_COMMANDS = [update_cmd]

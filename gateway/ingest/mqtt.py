@@ -9,7 +9,7 @@ acknowledged. Verification runs inline or in a process pool (`ingest.workers`).
 import asyncio
 import collections
 import itertools
-import json
+import logging
 import os
 import time
 
@@ -18,6 +18,7 @@ from gateway import config as config_mod
 from gateway.ingest import core as ingest
 from gateway.ingest import settings, verify
 from gateway.ingest.pool import VerifierPool, WorkerDied
+from protocol import messages_gateway, topics
 
 PUBLISH_CONCURRENCY = 8   # below aiomqtt's warning threshold of 10 pending publishes
 
@@ -40,14 +41,20 @@ class Stats:
         return (self.accepted - a0) / (now - t0) if now > t0 else 0.0
 
 
-def read_password(path):
+def read_password(path, key="mqtt.password_file"):
+    """The password in `path` (None without one); a file others may read is warned about."""
     if not path:
         return None
     try:
         with open(path) as f:
-            return f.read().strip()
+            mode = os.fstat(f.fileno()).st_mode
+            text = f.read().strip()
     except OSError as e:
-        raise config_mod.ConfigError(f"mqtt.password_file: cannot read {path}: {e.strerror}") from None
+        raise config_mod.ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+    if mode & 0o077:
+        logging.getLogger("egs.gateway.ingest.mqtt").warning(
+            "%s: %s is readable by others (mode %04o); chmod 600 it", key, path, mode & 0o777)
+    return text
 
 
 def _inbox_type(holder):
@@ -87,8 +94,8 @@ class MqttIngest:
         self._out_ready = asyncio.Event()
         self.changed = asyncio.Event()    # wakes the heartbeat on (dis)connection
         self.halt = asyncio.Event()       # set after the components stopped: ingest ends last
-        self.sub_ocmf = f"egs/v1/{ctx.community}/+/ocmf"
-        self.sub_status = f"egs/v1/{ctx.community}/+/status"
+        self.sub_ocmf = topics.subscription(ctx.community, "ocmf")
+        self.sub_status = topics.subscription(ctx.community, "status")
 
     async def start_pool(self):
         if self.workers > 0 and self.pool is None:
@@ -102,7 +109,7 @@ class MqttIngest:
         self.conn.close()
 
     def _topic(self, device, kind):
-        return f"egs/v1/{self.ctx.community}/{device}/{kind}"
+        return topics.topic(self.ctx.community, device, kind)
 
     async def publish(self, topic, payload, qos=1, retain=False):
         if self.client is None or not self.connected:
@@ -148,15 +155,22 @@ class MqttIngest:
         for d in self.core.devices.values():
             if d.revoked:
                 continue
-            first = d.acked_seq + 1
-            self._fire(self._topic(d.id, "cmd"), json.dumps({"cmd": "resend", "from": first}))
+            self._ask_resend(d.id, d.acked_seq + 1)
+
+    def _ask_resend(self, device, first):
+        # a device numbers its records from 1, a registration may start at 0: "from": 1
+        # asks for the same records, "from": 0 would be refused by the device as malformed
+        self._fire(self._topic(device, "cmd"), messages_gateway.resend(max(1, first)))
 
     # -- the MQTT session ------------------------------------------------------------
     async def run(self):
         import aiomqtt
 
         backoff = 0.5
-        client_id = self.mqtt["client_id"] or f"egs-gw-{self.ctx.community}"
+        # a broker configured by `egs-gw broker config` uses the user name as client id
+        # whatever we send (use_username_as_clientid): send it too, so the persistent
+        # session is the same one on any broker
+        client_id = self.mqtt["client_id"] or self.mqtt["user"] or f"egs-gw-{self.ctx.community}"
         tls = aiomqtt.TLSParameters(ca_certs=self.mqtt["ca_file"] or None) if self.mqtt["tls"] else None
         while not self.halt.is_set():
             holder = {}
@@ -274,8 +288,9 @@ class MqttIngest:
             outcome = self.core.commit(msgs, results)
             self.stats.add(outcome)
             for device, seq in outcome.acks.items():
-                self._fire(self._topic(device, "ack"), json.dumps({"seq": seq}))
+                if seq >= 0:    # else nothing is stored yet (a registration from 0)
+                    self._fire(self._topic(device, "ack"), messages_gateway.ack(seq))
             for device, first in outcome.resend.items():
                 self.log.info("asking %s to resend from %d", device, first)
-                self._fire(self._topic(device, "cmd"), json.dumps({"cmd": "resend", "from": first}))
+                self._ask_resend(device, first)
             await asyncio.sleep(0)

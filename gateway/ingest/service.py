@@ -18,13 +18,13 @@ async def intervals_task(ctx, gw):
     """Recompute intervals of devices with new readings; announce newly closed ones."""
     icfg = ctx.config["intervals"]
     conn = db.connect(ctx.db_path)
-    intervals.set_estimate_gap(conn, icfg["estimate_gap_s"])
+    intervals.set_estimate_gap(conn, icfg["estimate_gap_s"], icfg["long_gap_s"])
     announced = set()
     try:
         while not gw.halt.is_set():
             try:
                 with db.transaction(conn):
-                    intervals.refresh(conn, icfg["estimate_gap_s"])
+                    intervals.refresh(conn, icfg["estimate_gap_s"], long_gap=icfg["long_gap_s"])
                 closed = intervals.closed_intervals(conn, clock.now(), icfg["grace_s"], refresh_first=False)
                 fresh = [r for r in closed if r["id"] not in announced]
                 announced = {r["id"] for r in closed}
@@ -64,6 +64,10 @@ async def heartbeat(ctx, gw, started):
                     store.put_state(conn, "service", state)
             except sqlite3.Error as e:
                 ctx.log.warning("status heartbeat not written: %s", e)
+            try:
+                gw.core.flush_status()     # device statuses the per-device write quota held back
+            except Exception:
+                ctx.log.exception("device statuses not written; retrying")
             if now - last_log >= 30 and s.accepted != logged:
                 ctx.log.info("ingest: %d stored (%.1f/s over the last minute), %d duplicates, %d rejected",
                              s.accepted, state["rate_1m"], s.duplicates, s.rejected)

@@ -16,7 +16,6 @@ from web3 import HTTPProvider, Web3
 from web3.exceptions import ProviderConnectionError, Web3RPCError
 
 BUILD = Path(__file__).resolve().parents[2] / "contracts" / "build"
-EEA_SUPPLY = 700_000_000 * 10**18
 
 
 class ChainUnavailable(ConnectionError):

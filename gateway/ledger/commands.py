@@ -24,6 +24,7 @@ from gateway.cliutil import UserError, common_options
 from gateway.db import transaction
 from gateway.ledger import keystore, outbox, settlement, tables
 from gateway.ledger.settings import Settings
+from gateway.units import EeaType, format_eea, format_kwh
 
 COMMANDS = []
 
@@ -69,18 +70,6 @@ def _fail_chain(fn):
 
 def _console():
     return Console(highlight=False, soft_wrap=True)
-
-
-def _eea(units):
-    units = int(units)
-    sign = "-" if units < 0 else ""
-    whole, frac = divmod(abs(units), 10**18)
-    return f"{sign}{whole}.{frac:018d}".rstrip("0").rstrip(".")
-
-
-def _kwh(wh):
-    sign = "-" if wh < 0 else ""
-    return f"{sign}{abs(wh) // 1000}.{abs(wh) % 1000:03d}"
 
 
 @click.group("ledger")
@@ -263,10 +252,11 @@ def balances_cmd(app, account):
         t = Table("account", "WATT kWh (book)", "WATT kWh (chain)", "EEA (book)", "EEA (chain)",
                   "grid import kWh")
         for r in d["accounts"]:
-            t.add_row(r["account"], _kwh(r["book_watt_wh"]),
-                      _kwh(r["chain_watt_wh"]) if "chain_watt_wh" in r else "?",
-                      _eea(r["book_eea"]), _eea(r["chain_eea"]) if "chain_eea" in r else "?",
-                      _kwh(r["grid_import_wh"]))
+            t.add_row(r["account"], format_kwh(r["book_watt_wh"]),
+                      format_kwh(r["chain_watt_wh"]) if "chain_watt_wh" in r else "?",
+                      format_eea(r["book_eea"], unit=False),
+                      format_eea(r["chain_eea"], unit=False) if "chain_eea" in r else "?",
+                      format_kwh(r["grid_import_wh"]))
         c = _console()
         c.print(t)
         if d["chain_error"]:
@@ -295,10 +285,10 @@ def reconcile_cmd(app):
     def human(d):
         c = _console()
         c.print(f"block {d['block']}: {d['applied']} settlement(s) applied, {d['pending']} pending, "
-                f"{d['accounts']} account(s), WATT supply {_kwh(int(d['watt_supply']))} kWh")
+                f"{d['accounts']} account(s), WATT supply {format_kwh(int(d['watt_supply']))} kWh")
         if d["unassigned_export_wh"] or d["unassigned_import_wh"]:
-            c.print(f"devices without an account: export {_kwh(d['unassigned_export_wh'])} kWh, "
-                    f"import {_kwh(d['unassigned_import_wh'])} kWh (not settled)")
+            c.print(f"devices without an account: export {format_kwh(d['unassigned_export_wh'])} kWh, "
+                    f"import {format_kwh(d['unassigned_import_wh'])} kWh (not settled)")
         for line in d["differences"]:
             c.print(f"[red]DIFF[/red] {line}")
         c.print("[green]clean[/green]" if not d["differences"] else
@@ -339,7 +329,7 @@ def storage_list(app):
     def human(d):
         t = Table("owner", "capacity kWh")
         for r in d:
-            t.add_row(r["owner"], _kwh(r["capacity_wh"]))
+            t.add_row(r["owner"], format_kwh(r["capacity_wh"]))
         _console().print(t)
 
     app.emit(owners, human)
@@ -349,7 +339,7 @@ def storage_list(app):
 
 @ledger.command("withdraw")
 @click.argument("account")
-@click.argument("amount", type=click.IntRange(min=1))
+@click.argument("amount", type=EeaType(bare="base", minimum=1))
 @common_options
 def withdraw_cmd(app, account, amount):
     """Pay AMOUNT escrowed EEA base units back to ACCOUNT's wallet."""
@@ -358,7 +348,7 @@ def withdraw_cmd(app, account, amount):
     s = _settings(app)
     sid = withdraw(_conn(app), s.community, account, amount)
     app.emit({"account": accounts.normalize_address(account), "amount": str(amount), "settlement_id": sid},
-             lambda d: click.echo(f"queued: withdraw {_eea(amount)} EEA to {d['account']} ({sid})"))
+             lambda d: click.echo(f"queued: withdraw {format_eea(amount)} to {d['account']} ({sid})"))
 
 
 # ---- outbox ---------------------------------------------------------------------------------

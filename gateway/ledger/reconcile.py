@@ -18,8 +18,8 @@ from collections import defaultdict
 from gateway import accounts
 from gateway.ingest import intervals
 from gateway.ledger import outbox, settlement, tables
-from gateway.ledger.chain import EEA_SUPPLY
 from gateway.ledger.worker import DEPOSIT_REASON
+from gateway.units import EEA_SUPPLY
 
 SID_EVENTS = ("Settled", "StorageSet", "Withdrawn")
 

@@ -6,12 +6,14 @@ and the grid import (import not covered by WATT) that billing reads.
 ledger_storage: the storage owners and capacities, mirrored from the intents
 that register them on chain; the commission split uses it.
 ledger_state: small key/value facts (next commission interval, deposit scan block).
+ledger_review: device intervals held for review because their amounts are out of
+bounds (gateway/ledger/settlement.py); they stay unsettled until an operator acts.
 """
 import json
 
 from gateway.db import ensure_schema
 
-VERSION = 1
+VERSION = 2
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ledger_state (
@@ -49,6 +51,14 @@ SCHEMA = [
         capacity_wh INTEGER NOT NULL,
         changes INTEGER NOT NULL DEFAULT 0,
         settlement_id TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS ledger_review (
+        interval_id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        account TEXT NOT NULL,
+        start INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        held_at REAL NOT NULL
     )""",
 ]
 

@@ -15,7 +15,7 @@ A side without a price is not traded. Agents act when the user's balance changes
 (settlement, meters, charging), which Market notices on its next operation.
 """
 from gateway.market.book import BUY, SELL
-from gateway.market.settings import MAX_WH, UnitError, parse_price
+from gateway.units import MAX_WH, UnitError, parse_price
 
 
 class AgentError(ValueError):
@@ -88,7 +88,7 @@ def store(conn, community, owner, fields, now, bmax):
             continue
         if key in ("buy_price", "sell_price"):
             try:
-                new[key] = None if value in ("", "none", "off") else parse_price(value)
+                new[key] = None if value in ("", "none", "off") else parse_price(value, bare="base")
             except UnitError as e:
                 raise AgentError(f"{key}: {e}") from None
         elif key == "enabled":

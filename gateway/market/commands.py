@@ -18,32 +18,12 @@ from gateway.cliutil import OneLineGroup, UserError, common_options
 from gateway.market import agents as agents_mod
 from gateway.market import sizing as sizing_mod
 from gateway.market.book import BUY, SELL
-from gateway.market.settings import format_price, parse_price, parse_wh, validate
+from gateway.market.settings import validate
+from gateway.units import PriceType, WhType, format_price
 
 _Group = OneLineGroup  # usage mistakes and database errors as one line on stderr
 
-
-class PriceType(click.ParamType):
-    name = "PRICE"
-
-    def convert(self, value, param, ctx):
-        try:
-            return parse_price(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-class WhType(click.ParamType):
-    name = "WH"
-
-    def convert(self, value, param, ctx):
-        try:
-            return parse_wh(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-PRICE, WH = PriceType(), WhType()
+PRICE, WH = PriceType(bare="base"), WhType()
 
 
 def _console():
@@ -289,13 +269,13 @@ def agents_group():
 @click.argument("account")
 @click.option("--buy-price", default=None, help="Target buying price ('off' to stop buying).")
 @click.option("--sell-price", default=None, help="Target selling price ('off' to stop selling).")
-@click.option("--buy-below", type=click.IntRange(0), default=None,
+@click.option("--buy-below", type=WhType(minimum=0), default=None,
               help="Buy when stored Wh fall to this (default 0).")
-@click.option("--buy-up-to", type=click.IntRange(1), default=None,
+@click.option("--buy-up-to", type=WH, default=None,
               help="Buy what brings stored Wh to this (default B_max/2).")
-@click.option("--sell-above", type=click.IntRange(1), default=None,
+@click.option("--sell-above", type=WH, default=None,
               help="Sell when sellable Wh reach this (default B_max: battery full).")
-@click.option("--keep", type=click.IntRange(0), default=None,
+@click.option("--keep", type=WhType(minimum=0), default=None,
               help="Sell everything above this (default B_max/2).")
 @click.option("--enable/--disable", "enabled", default=None)
 @community_option

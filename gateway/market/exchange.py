@@ -33,11 +33,8 @@ from gateway.market.book import (
     check_amount,
     cost,
 )
-from gateway.market.settings import MAX_WH, market_settings, parse_price
-
-# An order that costs more than all the EEA there is can never be paid (the balance book
-# and the journal keep exact amounts of any size; this only refuses the absurd).
-MAX_COST = 700_000_000 * 10**18
+from gateway.market.settings import market_settings
+from gateway.units import EEA_SUPPLY, MAX_WH, parse_price
 
 
 class SqlBalances:
@@ -232,7 +229,9 @@ class Market:
         check_amount(qty, "quantity")  # before any arithmetic: "100" * price is a string
         if qty > MAX_WH:
             raise OrderError(f"order too large: {qty} Wh, at most {MAX_WH} Wh")
-        if price is not None and cost(qty, check_amount(price, "price")) > MAX_COST:
+        # An order that costs more than all the EEA there is can never be paid (the balance
+        # book and the journal keep exact amounts of any size; this only refuses the absurd).
+        if price is not None and cost(qty, check_amount(price, "price")) > EEA_SUPPLY:
             raise OrderError("order too large: it costs more than the total EEA supply")
         now = self._now()
         if price is None:
@@ -415,7 +414,7 @@ def market_buy_for_session(conn, community, account, wh, *, ref, max_price=None,
     """
     s = dict(settings or market_settings())
     if max_price is None and s.get("session_max_price"):
-        max_price = parse_price(s["session_max_price"])
+        max_price = parse_price(s["session_max_price"], bare="base")
     market = Market(conn, community, s, clock=clock)
     return market.session_buy(account, wh, ref, max_price=max_price)
 

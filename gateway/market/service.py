@@ -18,7 +18,8 @@ import sqlite3
 
 from gateway import accounts, db
 from gateway.market.exchange import Market, session_price_source
-from gateway.market.settings import format_price, market_settings, parse_price, validate
+from gateway.market.settings import market_settings, validate
+from gateway.units import format_price, parse_price
 
 
 def install_price_hook(ctx, settings, log):
@@ -29,7 +30,7 @@ def install_price_hook(ctx, settings, log):
     pool, fallback = ocpp.get("energy_pool"), ocpp.get("price_per_kwh")
     try:
         pool = accounts.normalize_address(pool) if isinstance(pool, str) else None
-        fallback = parse_price(fallback) if isinstance(fallback, int | str) else None
+        fallback = parse_price(fallback, bare="base") if isinstance(fallback, int | str) else None
     except ValueError:
         pool = None
     if pool is None or fallback is None:

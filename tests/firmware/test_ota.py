@@ -35,12 +35,12 @@ def _source_copy(dest, version=None, patch=None):
     for rel in fidelity.device_modules("unix"):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, dest / rel)
-    app = dest / "firmware/app.py"
-    text = app.read_text()
+    path = dest / "firmware/version.py"
+    text = path.read_text()
     if version:
         old = release.firmware_version(ROOT)
         text = text.replace(f'FW_VERSION = "{old}"', f'FW_VERSION = "{version}"')
-    app.write_text(text)
+    path.write_text(text)
     if patch:
         patch(dest)
     return dest

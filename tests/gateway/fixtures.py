@@ -24,9 +24,9 @@ T0 = 1795000500 - 1795000500 % 900   # a quarter-hour boundary in Nov 2026
 
 
 class Signer:
-    def __init__(self, device_id="dev1", serial="SN-1"):
+    def __init__(self, device_id="dev1", serial=None):
         self.id = device_id
-        self.serial = serial
+        self.serial = serial or f"SN-{device_id}"    # one meter per device (the store insists)
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.pub = self.key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateway.devices import installer as flash
+from gateway.devices import installer
+from gateway.devices.commands import device_flash
 from protocol import p256
 from tools import release
 
@@ -32,7 +33,7 @@ def keys_dir(signed):
 
 
 def run(*args):
-    result = CliRunner().invoke(flash.flash_cmd, list(args), catch_exceptions=False)
+    result = CliRunner().invoke(device_flash, list(args), catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -100,7 +101,7 @@ def test_dry_run_plans_esptool_and_mpremote(signed, tmp_path):
 
 def test_stage_tree_is_a_bootable_checked_layout(signed, tmp_path):
     path, pub, _, manifest = signed
-    got = flash.stage_tree(path, pub, tmp_path / "dev")
+    got = installer.stage_tree(path, pub, tmp_path / "dev")
     assert got == manifest
     dev = tmp_path / "dev"
     assert json.loads((dev / "boot.json").read_text())["active"] == "a"

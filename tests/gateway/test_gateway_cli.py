@@ -103,7 +103,8 @@ def _ingest(tmp_path, signer, recs):
     from gateway import db
     from gateway.ingest import intervals
     conn = db.connect(tmp_path / "gw.sqlite")
-    core = IngestCore(conn, COMMUNITY, {"max_future_s": 10**9})
+    # readings at T0, weeks before the registration on the wall clock: time bounds off
+    core = IngestCore(conn, COMMUNITY, {"max_future_s": 10**9, "max_age_s": 0, "registration_skew_s": 10**10})
     msgs = [Message(topic(signer.id), r.encode() if isinstance(r, str) else r) for r in recs]
     out = core.commit(msgs, core.verify_inline(core.prepare(msgs)))
     intervals.refresh(conn)
@@ -113,7 +114,7 @@ def _ingest(tmp_path, signer, recs):
 
 def test_readings_intervals_events_status(cli, tmp_path):
     s = Signer("d1")
-    cli("device", "add", "--id", "d1", "--pubkey", s.pub.hex(), "--meter-serial", "SN-1", "--account", ACCOUNT)
+    cli("device", "add", "--id", "d1", "--pubkey", s.pub.hex(), "--meter-serial", s.serial, "--account", ACCOUNT)
     recs = [s.record(i, 1000 * i, 7 * i, T0 + 300 * i) for i in range(1, 9)]
     _ingest(tmp_path, s, [*recs, "garbage", s.record(9, 1, 0, T0 + 2700)])
     r = ok_json(cli("readings", "--json"))
@@ -171,7 +172,7 @@ def test_verify_command(cli, tmp_path):
     assert "SignatureMismatch" in out["records"][1]["error"]
     # no key given: the registered device's key is used (GS is the device id)
     assert cli("verify", f, "--json").exit_code == 1
-    cli("device", "add", "--id", "d1", "--pubkey", s.pub.hex(), "--meter-serial", "SN-1")
+    cli("device", "add", "--id", "d1", "--pubkey", s.pub.hex(), "--meter-serial", s.serial)
     out = ok_json(cli("verify", f, "--json"))
     assert out["all_verified"] and out["records"][0]["device_id"] == "d1"
     # OCPP hex encoding of a record is accepted too
@@ -225,7 +226,7 @@ def test_example_config_is_valid():
 
 def test_store_survives_concurrent_cli_reads_while_ingesting(cli, tmp_path):
     s = Signer("d1")
-    cli("device", "add", "--id", "d1", "--pubkey", s.pub.hex(), "--meter-serial", "SN-1")
+    cli("device", "add", "--id", "d1", "--pubkey", s.pub.hex(), "--meter-serial", s.serial)
     _ingest(tmp_path, s, [s.record(i, i, 0, T0 + i) for i in range(1, 50)])
     from gateway import db
     conn = db.connect(tmp_path / "gw.sqlite")

@@ -500,7 +500,7 @@ def test_an_order_costing_more_than_all_eea_is_refused(conn):
 
 def test_absurd_quantities_are_refused_not_crashed(conn):
     """Quantities beyond SQLite's 64-bit integers used to escape as OverflowError."""
-    from gateway.market.settings import MAX_WH
+    from gateway.units import MAX_WH
     seller, buyer = addr(1), addr(2)
     credit(conn, seller, watt=100)
     credit(conn, buyer, eea=EEA)

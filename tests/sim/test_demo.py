@@ -15,6 +15,7 @@ import pytest
 from rich.console import Console
 
 from sim.services import ROOT
+from sim.stack import LEDGER_KEY_ENV
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -61,7 +62,7 @@ def small_day(tmp_path_factory):
     return {"status": status, "data": data, "chart": chart, "out": out, "text": text.getvalue(),
             "report": report, "leftovers": leftovers,
             "clock_after": os.environ.get("EGS_CLOCK"),
-            "key_after": os.environ.get("EGS_DEMO_LEDGER_KEY")}
+            "key_after": os.environ.get(LEDGER_KEY_ENV)}
 
 
 def test_every_invariant_holds(small_day):
@@ -165,7 +166,8 @@ def test_nothing_left_running(small_day):
 
 
 def test_environment_restored(small_day):
-    """The simulated clock must not outlive the run: the caller is back on the wall clock."""
+    """The simulated clock must not outlive the run: the caller is back on the wall clock;
+    the ledger's private key is not left in the environment either."""
     assert small_day["clock_after"] is None
     assert small_day["key_after"] is None
 

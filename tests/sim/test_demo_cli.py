@@ -1,6 +1,6 @@
 """`python -m sim.demo` refuses bad options before it starts anything, ends a Ctrl-C during
 the protocol walk-through cleanly, and the report's energy check ties the signed registers
-to the intervals and the settlements (sim/report.py metered_vs_settled)."""
+to the intervals and the settlements (sim/invariants.py metered_vs_settled)."""
 import sqlite3
 
 import pytest
@@ -16,7 +16,7 @@ def nothing_runs(monkeypatch):
     monkeypatch.setattr(demo.demo_protocol, "run", lambda *a, **k: calls.append("protocol"))
     monkeypatch.setattr(demo, "run_community",
                         lambda *a, **k: calls.append("community") or (0, None, None))
-    monkeypatch.setattr("sim.community.install_sigterm", lambda: None)
+    monkeypatch.setattr(demo, "install_sigterm", lambda: None)
     return calls
 
 
@@ -115,14 +115,14 @@ INTERVALS = [(8200, 90, 500), (9100, 110, 700)]
 
 
 def test_energy_check_passes_when_registers_intervals_and_settlements_agree():
-    from sim.report import metered_vs_settled
+    from sim.invariants import metered_vs_settled
 
     conn = store(READINGS, INTERVALS, [(90, 500), (110, 700)])
     assert metered_vs_settled(conn, DAY_END) == []
 
 
 def test_energy_check_catches_intervals_that_exceed_the_signed_registers():
-    from sim.report import metered_vs_settled
+    from sim.invariants import metered_vs_settled
 
     inflated = [(8200, 90, 500), (9100, 110, 900)]         # 200 Wh of export nobody signed
     conn = store(READINGS, inflated, [(90, 500), (110, 900)])
@@ -131,7 +131,7 @@ def test_energy_check_catches_intervals_that_exceed_the_signed_registers():
 
 
 def test_energy_check_catches_a_settlement_that_differs_from_the_intervals():
-    from sim.report import metered_vs_settled
+    from sim.invariants import metered_vs_settled
 
     conn = store(READINGS, INTERVALS, [(90, 500)])           # one interval never settled
     problems = metered_vs_settled(conn, DAY_END)
@@ -139,7 +139,7 @@ def test_energy_check_catches_a_settlement_that_differs_from_the_intervals():
 
 
 def test_energy_check_catches_energy_without_readings():
-    from sim.report import metered_vs_settled
+    from sim.invariants import metered_vs_settled
 
     conn = store([], INTERVALS, [(90, 500), (110, 700)])
     assert any("no trusted reading" in p for p in metered_vs_settled(conn, DAY_END))

@@ -24,6 +24,31 @@ def _report(capsys, text):
         print("\n" + text)
 
 
+# -------------------------------------------------------------- the device file list
+
+def test_every_device_side_module_is_listed_once():
+    """firmware/manifest.py is the one list of what goes on the device: every .py file under
+    firmware/ and protocol/ is either in it (common or one port) or named as not shipped."""
+    from firmware import manifest
+
+    on_disk = {p.relative_to(ROOT).as_posix() for d in ("firmware", "protocol")
+               for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts}
+    listed = list(manifest.COMMON) + [f for fs in manifest.PORT_FILES.values() for f in fs] \
+        + list(manifest.NOT_ON_DEVICE)
+    assert len(listed) == len(set(listed)), "a file is listed twice"
+    assert set(listed) == on_disk, (sorted(on_disk - set(listed)), sorted(set(listed) - on_disk))
+    for port in ("esp32", "unix"):
+        assert fidelity.device_modules(port) == manifest.files(port)
+    assert "protocol/bundle.py" in manifest.COMMON and "firmware/version.py" in manifest.COMMON
+
+
+def test_release_and_emulator_ship_the_same_list():
+    from firmware import manifest
+    from sim.device import device_sources
+
+    assert device_sources() == manifest.files("unix")
+
+
 # ------------------------------------------------------------------------ pyright
 
 def test_pyright_esp32_zero_errors(capsys):

@@ -1,4 +1,4 @@
-"""The signed release bundle (tools/release.py, firmware/bundle.py): reproducible, signed,
+"""The signed release bundle (tools/release.py, protocol/bundle.py): reproducible, signed,
 and refused whole when anything in it changed, under CPython (the installer) and under
 MicroPython (the device), with the same code."""
 import hashlib
@@ -14,8 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware import bundle
-from protocol import p256
+from protocol import bundle, p256
 from sim.services import micropython
 from tools import fidelity, release
 
@@ -86,8 +85,8 @@ def test_changed_source_changes_the_bundle(built, keys, tmp_path):
     for rel in fidelity.device_modules("esp32"):
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, copy / rel)
-    app = copy / "firmware/app.py"
-    app.write_text(app.read_text().replace('FW_VERSION = "', 'FW_VERSION = "9', 1))
+    version = copy / "firmware/version.py"
+    version.write_text(version.read_text().replace('FW_VERSION = "', 'FW_VERSION = "9', 1))
     path, manifest = release.build(keys[0], tmp_path / "out", root=copy)
     assert manifest["version"].startswith("9") and path.name.startswith("firmware-9")
     assert path.read_bytes() != built[0].read_bytes()
@@ -188,7 +187,7 @@ def test_install_unpacks_the_checked_files(built, keys, tmp_path):
 
 MP_VERIFY = r"""
 import sys
-from firmware import bundle
+from protocol import bundle
 pub = bytes.fromhex(sys.argv[1])
 for path in sys.argv[2:]:
     try:

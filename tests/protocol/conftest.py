@@ -1,0 +1,2 @@
+"""Protocol tests need no fixtures of their own: they read the shared vectors in
+tests/vectors/ and run the same checks under the MicroPython unix port."""
