@@ -16,11 +16,17 @@ A message passes, in order:
   6. cumulative registers do not decrease against the neighbouring readings, unless
      a meter replacement lies between them (new epoch, new baseline);
   7. plausible time: status "S"/"I" must be after `min_time` and at most
-     `max_future_s` ahead; "U" (unknown) and "R" (relative) are kept but flagged
-     untrusted and not used for intervals.
+     `max_future_s` ahead, at most `max_age_s` old, and not before the device's
+     registration (less `registration_skew_s`); "U" (unknown) and "R" (relative) are
+     kept but flagged untrusted and not used for intervals;
+  8. plausible energy (gateway/ingest/plausibility.py): registers may not rise faster
+     than the meter's maximum power allows; such a reading is held for review.
 
 Every rejection is kept in quarantine with its reason and logged as a security
-event. A batch of messages is committed in one transaction; only then is each
+event, both bounded per device and in total (gateway/ingest/store.py). A device's
+retained status is written at most `status_burst` times at once and then once per
+`status_interval_s`; the latest one held back is written when the device may again
+(`flush_status`). A batch of messages is committed in one transaction; only then is each
 device sent `…/ack {"seq": n}`, n the highest sequence up to which everything is
 durably stored, so a device never deletes a record the gateway could still lose.
 
@@ -34,7 +40,7 @@ import sqlite3
 
 from gateway import clock as domain_clock
 from gateway.db import transaction
-from gateway.ingest import intervals, store
+from gateway.ingest import intervals, plausibility, store
 from gateway.ingest.verify import fast_parse, general_parse, verify_batch
 from protocol import topics
 
@@ -54,6 +60,9 @@ REASONS = {
     "replayed_sequence": "sequence number below the device's stored baseline",
     "register_decreased": "cumulative register lower than an earlier reading of the same meter",
     "implausible_time": "reading time before ingest.min_time or too far in the future",
+    "too_old": "reading time older than ingest.max_age_s",
+    "before_registration": "reading time before the device's registration (less ingest.registration_skew_s)",
+    "implausible_energy": "registers rose faster than the meter's maximum power allows: held for review",
     "internal_error": "the gateway failed to store this message (a defect: see its log)",
 }
 
@@ -106,6 +115,7 @@ class _Device:
         "last_regs",
         "last_seq",
         "pub",
+        "registered_at",
         "revoked",
     )
 
@@ -118,6 +128,7 @@ class _Device:
         self.last_seq = row["last_seq"]
         self.acked_seq = row["acked_seq"] if row["acked_seq"] is not None else self.first_seq - 1
         self.last_regs = None                  # (import, export, epoch) at last_seq
+        self.registered_at = row["created_at"]
 
 
 def _topic_parts(topic):
@@ -139,6 +150,18 @@ class IngestCore:
         self.max_future_s = cfg.get("max_future_s", 300)
         self.resend_cooldown_s = cfg.get("resend_cooldown_s", 10.0)
         self.gap_give_up = cfg.get("gap_give_up", 5)
+        self.max_age_s = cfg.get("max_age_s", 30 * 86400)
+        self.registration_skew_s = cfg.get("registration_skew_s", 7200)
+        # under a simulated clock (EGS_CLOCK: the demo's day in the past) registrations
+        # carry wall-clock stamps that readings cannot be compared with
+        self.registration_bound = not domain_clock.active()
+        self.keep_bytes = cfg.get("quarantine_keep_bytes", 1024)
+        self.limits = store.Limits.from_config(cfg)
+        self.energy = plausibility.EnergyLimit.from_config(cfg)
+        self.status_interval_s = cfg.get("status_interval_s", 10.0)
+        self.status_burst = cfg.get("status_burst", 10)
+        self._status_tokens = {}   # device -> (tokens, at): the status write quota
+        self._status_held = {}     # device -> the latest status not written yet
         self.clock = clock
         self.devices = {}
         self.version = None
@@ -299,16 +322,20 @@ class IngestCore:
                               "lost) VALUES(?, ?, ?, ?, ?, 1)", (d.id, lo, hi, now, now))
         detail = (f"sequences {lo}..{hi} never arrived after {self.gap_give_up} resend requests; "
                   "acknowledging past them")
-        store.add_event(self.conn, d.id, "readings_lost", detail)
+        store.add_event(self.conn, d.id, "readings_lost", detail, limits=self.limits)
         log.warning("device %s: %s", d.id, detail)
         d.acked_seq = self._contiguous(d.id, nxt)
 
-    def _reject(self, m, out, reason, detail, seq):
+    def _reject(self, m, out, reason, detail, seq, signed=False):
+        """Quarantine and log. A `signed` message (its signature verified) is the device's
+        own statement and kept whole; of anything else only the first bytes."""
         out.reject(reason)
         qid, new = store.quarantine(self.conn, m.topic, m.payload, reason, detail,
-                                    device_id=m.device, seq=seq, at=m.received_at)
+                                    device_id=m.device, seq=seq, at=m.received_at,
+                                    keep=None if signed else self.keep_bytes, limits=self.limits)
         if new:
-            store.add_event(self.conn, m.device, reason, detail, quarantine_id=qid, at=m.received_at)
+            store.add_event(self.conn, m.device, reason, detail, quarantine_id=qid, at=m.received_at,
+                            limits=self.limits)
             log.warning("rejected %s from %s: %s", reason, m.device or m.topic, detail)
 
     def _stored(self, device_id, seq):
@@ -339,17 +366,18 @@ class IngestCore:
                     out.duplicates += 1
                     return
                 return self._reject(m, out, "sequence_reused",
-                                    f"sequence {seq} is already stored with different content", seq)
+                                    f"sequence {seq} is already stored with different content", seq, True)
             if seq <= d.acked_seq and not self._in_lost_gap(d.id, seq):
                 touched.setdefault(d.id, None)
                 return self._reject(m, out, "replayed_sequence",
-                                    f"sequence {seq} is below the device's first sequence {d.first_seq}", seq)
+                                    f"sequence {seq} is below the device's first sequence {d.first_seq}", seq,
+                                    True)
         # 5. meter serial
         epoch = d.epochs.get(serial)
         if epoch is None:
             touched.setdefault(d.id, None)
             return self._reject(m, out, "meter_serial_mismatch",
-                                f"meter serial {serial!r} is not registered for {d.id}", seq)
+                                f"meter serial {serial!r} is not registered for {d.id}", seq, True)
         # 6. registers against the neighbours in sequence order
         if seq > top:
             prev = d.last_regs
@@ -361,13 +389,20 @@ class IngestCore:
         problem = _register_problem(prev, (imp, exp, epoch), nxt)
         if problem:
             touched.setdefault(d.id, None)
-            return self._reject(m, out, problem[0], problem[1], seq)
+            return self._reject(m, out, problem[0], problem[1], seq, True)
         # 7. time
         trusted = tstatus in TRUSTED_TIME
         if trusted and not (self.min_time <= t <= now + self.max_future_s):
             touched.setdefault(d.id, None)
             return self._reject(m, out, "implausible_time",
-                                f"reading time {t} with status {tstatus!r} is not plausible", seq)
+                                f"reading time {t} with status {tstatus!r} is not plausible", seq, True)
+        # 7b. how old; 8. energy (only a synchronised time says how long a meter had)
+        if trusted:
+            problem = self._time_problem(d, t, now) or self._energy_problem(d, m, seq, top, imp, exp, t,
+                                                                            epoch)
+            if problem:
+                touched.setdefault(d.id, None)
+                return self._reject(m, out, problem[0], problem[1], seq, True)
         self.conn.execute(
             "INSERT INTO readings(device_id, seq, meter_epoch, meter_serial, import_wh, export_wh, "
             "time_epoch, time_status, time_trusted, raw, received_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
@@ -375,7 +410,8 @@ class IngestCore:
         out.accepted += 1
         if prev is not None and epoch > prev[2]:
             store.add_event(self.conn, d.id, "meter_baseline",
-                            f"sequence {seq}: first reading of meter {serial} (epoch {epoch})")
+                            f"sequence {seq}: first reading of meter {serial} (epoch {epoch})",
+                            limits=self.limits)
         if seq > top:
             if seq > top + 1:
                 self._gap(d, top + 1, seq - 1, now)
@@ -388,6 +424,52 @@ class IngestCore:
             touched[d.id] = t if t_min is None else min(t_min, t)
         else:
             touched.setdefault(d.id, None)
+
+    def _time_problem(self, d, t, now):
+        if self.max_age_s and t < now - self.max_age_s:
+            return ("too_old", (f"reading time {t} is more than ingest.max_age_s = {self.max_age_s} s "
+                                f"before the gateway's clock ({int(now)})"))
+        reg, skew = d.registered_at, self.registration_skew_s
+        # A registration stamped ahead of the gateway's clock (the clock was stepped back
+        # since) bounds nothing: the horizon above still does.
+        if self.registration_bound and reg is not None and reg <= now + skew and t < reg - skew:
+            return ("before_registration",
+                    (f"reading time {t} is before the device's registration at {int(reg)} "
+                     f"(less ingest.registration_skew_s = {skew} s)"))
+        return None
+
+    def _trusted_reading(self, device_id, epoch, seq, earlier):
+        """The nearest reading of the same meter with a synchronised time, by sequence."""
+        op, order = ("<", "DESC") if earlier else (">", "ASC")
+        return self.conn.execute(
+            "SELECT seq, time_epoch, import_wh, export_wh FROM readings WHERE device_id=? AND meter_epoch=? "
+            f"AND time_trusted=1 AND seq{op}? ORDER BY seq {order} LIMIT 1", (device_id, epoch, seq)).fetchone()
+
+    def _energy_problem(self, d, m, seq, top, imp, exp, t, epoch):
+        """A held reading's (reason, detail), else None (gateway/ingest/plausibility.py)."""
+        if not self.energy.enabled:
+            return None
+        power, source = self.energy.max_power(d.id, plausibility.meter_model(m.payload))
+        cur = (seq, t, imp, exp)
+        pairs = []
+        prev = self._trusted_reading(d.id, epoch, seq, earlier=True)
+        if prev is not None:
+            pairs.append((tuple(prev), cur))
+        if seq < top:
+            nxt = self._trusted_reading(d.id, epoch, seq, earlier=False)
+            if nxt is not None:
+                pairs.append((cur, tuple(nxt)))
+        anchor = self.conn.execute(
+            "SELECT seq, time_epoch, import_wh, export_wh FROM readings WHERE device_id=? AND meter_epoch=? "
+            "AND time_trusted=1 AND seq<? AND time_epoch<=? ORDER BY time_epoch DESC, seq DESC LIMIT 1",
+            (d.id, epoch, seq, t - plausibility.WINDOW_S)).fetchone()
+        if anchor is not None and (prev is None or anchor[0] != prev[0]):
+            pairs.append((tuple(anchor), cur))
+        for a, b in pairs:
+            detail = self.energy.problem(a, b, power, source)
+            if detail:
+                return ("implausible_energy", detail)
+        return None
 
     def _in_lost_gap(self, device_id, seq):
         return self.conn.execute("SELECT 1 FROM sequence_gaps WHERE device_id=? AND lost=1 AND from_seq<=? "
@@ -441,14 +523,52 @@ class IngestCore:
             body = {"state": text}
         if not isinstance(body, dict):
             body = {"state": str(body)}
+        now = self.clock()
+        if not self._status_quota(device, now):
+            self._status_held[device] = body      # the latest wins; written by flush_status
+            return device
+        self._status_held.pop(device, None)
+        self._write_status(d, body, now)
+        return device
+
+    def _status_quota(self, device, now):
+        """Take one status write from the device's quota: `status_burst` at once, refilled
+        by one every `status_interval_s`."""
+        tokens, at = self._status_tokens.get(device, (self.status_burst, now))
+        if self.status_interval_s > 0:
+            tokens = min(self.status_burst, tokens + max(0.0, now - at) / self.status_interval_s)
+        else:
+            tokens = self.status_burst
+        if tokens < 1:
+            self._status_tokens[device] = (tokens, now)
+            return False
+        self._status_tokens[device] = (tokens - 1, now)
+        return True
+
+    def flush_status(self):
+        """Write the statuses held back by the quota whose device may write again; the
+        service calls this every few seconds. Returns their device ids."""
+        done = []
+        now = self.clock()
+        for device, body in list(self._status_held.items()):
+            d = self.devices.get(device)
+            if d is None:
+                self._status_held.pop(device)
+            elif self._status_quota(device, now):
+                self._status_held.pop(device)
+                self._write_status(d, body, now)
+                done.append(device)
+        return done
+
+    def _write_status(self, d, body, now):
         with transaction(self.conn):
-            before = store.get_device(self.conn, device)["status"] or {}
-            store.set_status(self.conn, device, body, self.clock())
+            before = store.get_device(self.conn, d.id)["status"] or {}
+            store.set_status(self.conn, d.id, body, now)
             pub = body.get("pubkey")
             if isinstance(pub, str) and pub and pub.lower() != d.pub.hex() and pub != before.get("pubkey"):
-                store.add_event(self.conn, device, "status_pubkey_mismatch",
-                                f"device announces public key {pub[:20]}…, not the registered one")
-        return device
+                store.add_event(self.conn, d.id, "status_pubkey_mismatch",
+                                f"device announces public key {pub[:20]}…, not the registered one",
+                                limits=self.limits)
 
     def verify_inline(self, work):
         return {id(m): r for (m, _), r in zip(work, verify_batch([(m.payload, pub) for m, pub in work]))}

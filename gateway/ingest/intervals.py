@@ -16,6 +16,14 @@ replacement inside it).
 Readings with an unsynchronised clock (time status "U") are stored but not used
 here: only their registers are signed, not a trustworthy time.
 
+Long gaps: between two readings more than `long_gap_s` apart (a device that was off,
+lost its flash, or a back-dated first reading) nothing is interpolated. The register is
+taken as flat until the later reading, so all the energy of the gap lands in ONE
+interval, the one that reading ends or falls in (estimated), and the quarter hours in
+between get no rows at all: one settlement record per gap instead of one per quarter
+hour. Shorter gaps are spread linearly as above. Readings that later fill a gap give
+those quarter hours their rows; what was already settled is corrected by adjustments.
+
 Meter replacement: each meter epoch is its own register curve. An interval takes
 from each epoch only the part its readings cover, so the new meter starts from its
 own first reading (a new baseline) and the energy between the old meter's last and
@@ -45,6 +53,7 @@ from gateway.db import transaction
 
 LENGTH_S = 900
 DEFAULT_ESTIMATE_GAP_S = 900
+DEFAULT_LONG_GAP_S = 6 * 3600
 
 
 class IntervalError(ValueError):
@@ -86,7 +95,7 @@ def _segments(points):
     return segs
 
 
-def _value(seg, times, b, gap):
+def _value(seg, times, b, gap, long_gap=DEFAULT_LONG_GAP_S):
     """(import, export, estimated) of a segment's registers at time b (first ≤ b ≤ last)."""
     i = bisect_right(times, b) - 1
     t0, i0, e0, _ = seg[i]
@@ -94,26 +103,35 @@ def _value(seg, times, b, gap):
         return i0, e0, False
     t1, i1, e1, _ = seg[i + 1]
     span = t1 - t0
+    if span > long_gap:
+        return i0, e0, True     # flat until the gap's end: its energy lands in one interval
     imp = i0 + (i1 - i0) * (b - t0) // span
     exp = e0 + (e1 - e0) * (b - t0) // span
     return imp, exp, span > gap
 
 
-def compute(points, gap=DEFAULT_ESTIMATE_GAP_S, first_start=None, length=LENGTH_S):
+def compute(points, gap=DEFAULT_ESTIMATE_GAP_S, first_start=None, length=LENGTH_S,
+            long_gap=DEFAULT_LONG_GAP_S):
     """Intervals [(start, import_wh, export_wh, estimated)] covered by `points`.
 
     `points` come from `usable`. Intervals start at `first_start` (default: the
     interval of the first point) and end with the last interval whose end is not
-    after the last point.
+    after the last point. Intervals with no reading inside a gap longer than
+    `long_gap` are left out (their energy is 0: it lands where the gap ends).
     """
     if not points:
         return []
     segs = [(seg, [p[0] for p in seg]) for seg in _segments(points)]
+    times_all = [p[0] for p in points]
     last_t = points[-1][0]
     s = interval_start(points[0][0], length) if first_start is None else first_start
     out = []
     while s + length <= last_t:
         e = s + length
+        k = bisect_right(times_all, s) - 1
+        if 0 <= k < len(times_all) - 1 and times_all[k + 1] > e and times_all[k + 1] - times_all[k] > long_gap:
+            s = max(e, interval_start(times_all[k + 1] - 1, length))
+            continue
         imp = exp = 0
         covered = interpolated = False
         for seg, times in segs:
@@ -121,8 +139,8 @@ def compute(points, gap=DEFAULT_ESTIMATE_GAP_S, first_start=None, length=LENGTH_
             if lo > hi:
                 continue
             covered = covered or (times[0] <= s and times[-1] >= e)
-            a_imp, a_exp, a_est = _value(seg, times, lo, gap)
-            b_imp, b_exp, b_est = _value(seg, times, hi, gap)
+            a_imp, a_exp, a_est = _value(seg, times, lo, gap, long_gap)
+            b_imp, b_exp, b_est = _value(seg, times, hi, gap, long_gap)
             imp += b_imp - a_imp
             exp += b_exp - a_exp
             interpolated = interpolated or a_est or b_est
@@ -176,11 +194,21 @@ def _accounted(conn, device_id, start):
     return row[0], row[1]
 
 
-def recompute_device(conn, device_id, since, gap=DEFAULT_ESTIMATE_GAP_S, now=None):
+def recompute_device(conn, device_id, since, gap=DEFAULT_ESTIMATE_GAP_S, now=None,
+                     long_gap=DEFAULT_LONG_GAP_S):
     """Bring one device's intervals up to date with its readings from `since` on."""
     now = clock.now() if now is None else now
     points, first_start = _points(conn, device_id, since)
-    for start, imp, exp, est in compute(points, gap, first_start):
+    rows = compute(points, gap, first_start, long_gap=long_gap)
+    if rows:
+        # rows of quarter hours now inside a long gap (long_gap_s lowered since, or a reading
+        # left out by `usable`) hold 0
+        lo = interval_start(points[0][0]) if first_start is None else first_start
+        have = {r[0] for r in rows}
+        rows += [(r[0], 0, 0, True) for r in conn.execute(
+            "SELECT start FROM intervals WHERE device_id=? AND start BETWEEN ? AND ? ORDER BY start",
+            (device_id, lo, rows[-1][0])) if r[0] not in have]
+    for start, imp, exp, est in rows:
         row = conn.execute(
             "SELECT id, import_wh, export_wh, estimated, state FROM intervals WHERE device_id=? AND start=?",
             (device_id, start)).fetchone()
@@ -218,30 +246,34 @@ def _attach_adjustments(conn, device_id):
             conn.execute("UPDATE interval_adjustments SET target_start=? WHERE id=?", (row[0], adj_id))
 
 
-def _gap_setting(conn):
-    row = conn.execute("SELECT value FROM gateway_state WHERE key='intervals.estimate_gap_s'").fetchone()
-    return int(row[0]) if row else DEFAULT_ESTIMATE_GAP_S
+def _gap_setting(conn, key="intervals.estimate_gap_s", default=DEFAULT_ESTIMATE_GAP_S):
+    row = conn.execute("SELECT value FROM gateway_state WHERE key=?", (key,)).fetchone()
+    return int(row[0]) if row else default
 
 
-def set_estimate_gap(conn, gap_s):
-    """The service records its configured gap so every caller of `refresh` uses it."""
+def set_estimate_gap(conn, gap_s, long_gap_s=None):
+    """The service records its configured gaps so every caller of `refresh` uses them."""
     from gateway.ingest.store import put_state
     with transaction(conn):
         put_state(conn, "intervals.estimate_gap_s", int(gap_s))
+        if long_gap_s is not None:
+            put_state(conn, "intervals.long_gap_s", int(long_gap_s))
 
 
-def refresh(conn, gap=None, now=None):
+def refresh(conn, gap=None, now=None, long_gap=None):
     """Recompute the intervals of every device with new readings. Returns their ids.
 
     Runs in the caller's transaction when there is one, else in its own.
     """
     if not conn.in_transaction:
         with transaction(conn):
-            return refresh(conn, gap, now)
+            return refresh(conn, gap, now, long_gap)
     gap = _gap_setting(conn) if gap is None else gap
+    if long_gap is None:
+        long_gap = _gap_setting(conn, "intervals.long_gap_s", DEFAULT_LONG_GAP_S)
     dirty = conn.execute("SELECT id, dirty_since FROM devices WHERE dirty_since IS NOT NULL").fetchall()
     for device_id, since in dirty:
-        recompute_device(conn, device_id, since, gap, now)
+        recompute_device(conn, device_id, since, gap, now, long_gap)
         conn.execute("UPDATE devices SET dirty_since=NULL WHERE id=?", (device_id,))
     return [d[0] for d in dirty]
 

@@ -18,6 +18,7 @@ section("mqtt", {
     "broker": (str, "127.0.0.1:1883"),
     "user": (str, ""),
     "password_file": (str, ""),
+    "updater_password_file": (str, ""),
     "client_id": (str, ""),
     "keepalive": (int, 30),
     "tls": (bool, False),
@@ -35,10 +36,26 @@ section("ingest", {
     "max_future_s": (int, 300),
     "resend_cooldown_s": (float, 10.0),
     "gap_give_up": (int, 5),
+    # What a device in hostile hands can make the gateway keep or accept (docs/security.md).
+    "quarantine_keep_bytes": (int, 1024),
+    "quarantine_per_device": (int, 100),
+    "quarantine_total": (int, 10000),
+    "events_per_device": (int, 1000),
+    "events_total": (int, 100000),
+    "status_interval_s": (float, 10.0),
+    "status_burst": (int, 10),
+    "max_age_s": (int, 30 * 86400),
+    "registration_skew_s": (int, 7200),
+    "energy_limit": (bool, True),
+    "max_power_w": (int, 100000),
+    "energy_tolerance_pct": (int, 10),
+    "model_max_power_w": (dict, {}),
+    "device_max_power_w": (dict, {}),
 })
 
 section("intervals", {
     "estimate_gap_s": (int, 900),
+    "long_gap_s": (int, 6 * 3600),
     "grace_s": (int, 120),
     "tick_s": (float, 5.0),
 })
@@ -111,7 +128,23 @@ def validate(cfg):
         ("ingest.max_future_s", cfg["ingest"]["max_future_s"] >= 0, "not negative"),
         ("ingest.resend_cooldown_s", cfg["ingest"]["resend_cooldown_s"] >= 0, "not negative"),
         ("ingest.gap_give_up", cfg["ingest"]["gap_give_up"] >= 0, "0 (never) or a number of requests"),
+        ("ingest.quarantine_keep_bytes", cfg["ingest"]["quarantine_keep_bytes"] >= 64, "at least 64"),
+        ("ingest.quarantine_per_device", cfg["ingest"]["quarantine_per_device"] >= 1, "at least 1"),
+        ("ingest.quarantine_total", cfg["ingest"]["quarantine_total"] >= cfg["ingest"]["quarantine_per_device"],
+         "at least ingest.quarantine_per_device"),
+        ("ingest.events_per_device", cfg["ingest"]["events_per_device"] >= 10, "at least 10"),
+        ("ingest.events_total", cfg["ingest"]["events_total"] >= cfg["ingest"]["events_per_device"],
+         "at least ingest.events_per_device"),
+        ("ingest.status_interval_s", cfg["ingest"]["status_interval_s"] >= 0, "not negative"),
+        ("ingest.status_burst", cfg["ingest"]["status_burst"] >= 1, "at least 1"),
+        ("ingest.max_age_s", cfg["ingest"]["max_age_s"] >= 0, "0 (no horizon) or seconds"),
+        ("ingest.registration_skew_s", cfg["ingest"]["registration_skew_s"] >= 0, "not negative"),
+        ("ingest.max_power_w", cfg["ingest"]["max_power_w"] > 0, "positive"),
+        ("ingest.energy_tolerance_pct", 0 <= cfg["ingest"]["energy_tolerance_pct"] <= 1000,
+         "between 0 and 1000"),
         ("intervals.estimate_gap_s", cfg["intervals"]["estimate_gap_s"] > 0, "positive"),
+        ("intervals.long_gap_s", cfg["intervals"]["long_gap_s"] >= cfg["intervals"]["estimate_gap_s"],
+         "at least intervals.estimate_gap_s"),
         ("intervals.grace_s", cfg["intervals"]["grace_s"] >= 0, "not negative"),
         ("intervals.tick_s", cfg["intervals"]["tick_s"] > 0, "positive"),
     ]
@@ -119,6 +152,10 @@ def validate(cfg):
         if not ok:
             section, name = key.split(".")
             raise ConfigError(f"{key}: must be {what}, got {cfg[section][name]!r}")
+    for table in ("model_max_power_w", "device_max_power_w"):
+        for name, watts in cfg["ingest"][table].items():
+            if isinstance(watts, bool) or not isinstance(watts, int) or watts <= 0:
+                raise ConfigError(f"ingest.{table}.{name}: a positive number of watts, got {watts!r}")
     if cfg["mqtt"]["password_file"] and not cfg["mqtt"]["user"]:
         raise ConfigError("mqtt.user: required when mqtt.password_file is set")
     return cfg

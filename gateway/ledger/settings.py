@@ -35,6 +35,9 @@ section("ledger", {
     "reprice_after_s": (float, 300.0),
     # Storage commission, in EEA base units per kWh stored, per 15-minute interval.
     "commission_rate": (int, 0),
+    # Most energy (Wh, export or import) one account may settle in one interval; an
+    # account beyond it is held for review (security event "settlement_held").
+    "max_interval_wh": (int, 10**12),
     "education_pool": (str, ""),
     "network_pool": (str, ""),
     # Deployment only: the five EEA holders of the whitepaper distribution.
@@ -43,6 +46,8 @@ section("ledger", {
 
 DISTRIBUTION_KEYS = ("open_issue", "company", "foundation", "founding_team", "contribution")
 MAX_BATCH = 512
+# Settled sums of many intervals stay far inside SQLite's 64-bit integers.
+MAX_INTERVAL_WH = 10**15
 
 
 class LedgerConfigError(ConfigError):
@@ -77,6 +82,9 @@ class Settings:
         self.max_fee_wei = int(led["max_fee_gwei"] * 10**9)
         self.reprice_after_s = _at_least("ledger.reprice_after_s", led["reprice_after_s"], 0)
         self.commission_rate = _at_least("ledger.commission_rate", led["commission_rate"], 0)
+        self.max_interval_wh = _at_least("ledger.max_interval_wh", led["max_interval_wh"], 1)
+        if self.max_interval_wh > MAX_INTERVAL_WH:
+            raise LedgerConfigError(f"ledger.max_interval_wh: at most {MAX_INTERVAL_WH}")
         try:
             self.education_pool = normalize_address(led["education_pool"]) if led["education_pool"] else None
             self.network_pool = normalize_address(led["network_pool"]) if led["network_pool"] else None

@@ -28,23 +28,37 @@ arrive late (a device that was offline) is settled in further batches with the
 next numbers. Devices without an account are marked settled under a marker id
 ("none:…", never on chain) so they are not reconsidered; reconcile reports them.
 
+Bounds: before any arithmetic or SQLite write, every device interval and every
+account's sum in an interval must be within `ledger.max_interval_wh` (and the account's
+WATT balance plus it inside 64 bits). An account beyond that is held for review: its
+device intervals stay unsettled, listed in `ledger_review` (`held`), logged and recorded
+as a security event `settlement_held`, and are not considered again; every other
+account settles as usual. Signed readings can carry such figures only when the ingest's
+plausibility limit is off, or a key is stolen and the limit too generous.
+
 A batch's records hash is keccak256 over the concatenated keccak256 of each raw
 OCMF record (utf-8) the batch's device intervals rest on (gateway/ingest/intervals.py
 `interval_readings`), ordered by device id then sequence: anyone holding the
 signed records can recompute it and match the Settled event on chain.
 """
 import json
+import logging
 from collections import defaultdict
 
 from eth_utils import keccak
 
 from gateway import accounts, clock
 from gateway.db import transaction
-from gateway.ingest import intervals
+from gateway.ingest import intervals, store
 from gateway.ledger import commission, faults, intents, outbox, tables
+from gateway.ledger.settings import MAX_INTERVAL_WH
 
 REASON = "interval"
 LENGTH_S = intervals.LENGTH_S
+DEFAULT_MAX_INTERVAL_WH = 10**12
+INT64_MAX = 2**63 - 1
+
+_log = logging.getLogger("egs.gateway.ledger.settlement")
 
 
 def latest_closed_start(now, grace_s):
@@ -79,10 +93,19 @@ def _balances(conn):
     return watt, eea
 
 
+def held(conn):
+    """Device intervals held for review, oldest first: [{interval_id, device_id, account,
+    start, reason, held_at}]."""
+    return [dict(r) for r in conn.execute(
+        "SELECT interval_id, device_id, account, start, reason, held_at FROM ledger_review "
+        "ORDER BY start, device_id")]
+
+
 class Engine:
     def __init__(self, settings, log=None):
         self.s = settings
         self.log = log
+        self.max_wh = min(getattr(settings, "max_interval_wh", DEFAULT_MAX_INTERVAL_WH), MAX_INTERVAL_WH)
 
     def step(self, conn, now=None):
         """Settle everything due at `now`; returns the settlement ids enqueued."""
@@ -92,6 +115,9 @@ class Engine:
 
     def _settle_due(self, conn, now):
         rows = intervals.closed_intervals(conn, now, self.s.grace_s)
+        held_ids = {r[0] for r in conn.execute("SELECT interval_id FROM ledger_review")}
+        watt, eea = _balances(conn)
+        rows = self._hold_out_of_bounds(conn, [r for r in rows if r["id"] not in held_ids], watt, now)
         by_start = defaultdict(list)
         for r in rows:
             by_start[r["start"]].append(r)
@@ -102,11 +128,46 @@ class Engine:
         nxt = last if nxt is None else nxt
         charged = set(range(nxt, last + 1, LENGTH_S)) if self.s.commission_rate > 0 else set()
         tables.put_state(conn, "commission_next_start", max(nxt, last + LENGTH_S))
-        watt, eea = _balances(conn)
         sids = []
         for start in sorted(set(by_start) | charged):
             sids += self._settle_start(conn, start, by_start.get(start, []), start in charged, watt, eea)
         return sids
+
+    def _hold_out_of_bounds(self, conn, rows, watt, now):
+        """The rows that may be settled; the others are held for review (module docstring)."""
+        sums = defaultdict(lambda: [0, 0])
+        for r in rows:
+            key = (r["start"], r["account"] or "")
+            sums[key][0] += r["export_wh"]
+            sums[key][1] += r["import_wh"]
+        bad = {}
+        for (start, account), (ex, im) in sums.items():
+            worst = max(abs(ex), abs(im))
+            if worst > self.max_wh:
+                bad[(start, account)] = (f"export {ex} Wh, import {im} Wh in interval {start} beyond "
+                                         f"ledger.max_interval_wh = {self.max_wh}")
+            elif abs(watt.get(account, 0)) + worst > INT64_MAX:
+                bad[(start, account)] = f"WATT balance {watt.get(account, 0)} plus {worst} Wh beyond 64 bits"
+        for r in rows:
+            key = (r["start"], r["account"] or "")
+            if key not in bad and max(abs(r["export_wh"]), abs(r["import_wh"])) > self.max_wh:
+                bad[key] = (f"device {r['device_id']}: export {r['export_wh']} Wh, import {r['import_wh']} Wh "
+                            f"in interval {r['start']} beyond ledger.max_interval_wh = {self.max_wh}")
+        if not bad:
+            return rows
+        keep = []
+        for r in rows:
+            key = (r["start"], r["account"] or "")
+            if key not in bad:
+                keep.append(r)
+                continue
+            reason = bad[key]
+            conn.execute("INSERT INTO ledger_review(interval_id, device_id, account, start, reason, held_at) "
+                         "VALUES(?, ?, ?, ?, ?, ?)", (r["id"], r["device_id"], key[1], r["start"], reason, now))
+            detail = f"account {key[1] or '(none)'} held for review, not settled: {reason}"
+            store.add_event(conn, r["device_id"], "settlement_held", detail[:500], at=now)
+            (self.log or _log).warning("interval %s of device %s: %s", r["start"], r["device_id"], detail)
+        return keep
 
     def _settle_start(self, conn, start, rows, charge, watt, eea):
         s = self.s

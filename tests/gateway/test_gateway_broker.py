@@ -12,6 +12,7 @@ from tests.gateway.fixtures import (  # noqa: F401
     COMMUNITY,
     Peer,
     Signer,
+    cleanup_fixture,
     cli_invoke,
     gwdb_fixture,
     secured_broker,
@@ -210,3 +211,172 @@ def test_values_that_would_add_config_lines_are_refused(tmp_path, gwdb, args, me
     res = cli_invoke("broker", "config", "--db", tmp_path / "gw.sqlite", "--out", tmp_path / "b", *flat)
     assert res.exit_code == 1 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
     assert not (tmp_path / "b" / "acl").exists() and not (tmp_path / "b" / "mosquitto.conf").exists()
+
+
+# ---- client ids are bound to user names -------------------------------------------------
+
+def _peer(secured, cleanup, user, client_id, clean=True):
+    mosq, s, _ = secured
+    p = Peer(mosq.port, user, broker.credential(s["dir"], user, create=False), client_id=client_id,
+             clean=clean)
+    p.drops = []
+    p.c.on_disconnect = lambda client, userdata, flags, reason, props: p.drops.append(reason)
+    cleanup.append(p)
+    return p
+
+
+@pytest.mark.parametrize("victim_id", [f"egs-gw-{COMMUNITY}", "egs-gateway"])
+def test_device_credential_cannot_displace_the_gateway(secured, cleanup, victim_id):
+    """A device's credential connecting with the gateway's client id (the one it has always
+    used, or its user name) must not drop the gateway's connection or its session."""
+    import time
+
+    gw = _peer(secured, cleanup, "egs-gateway", victim_id, clean=False)
+    assert gw.connect()
+    gw.subscribe(f"egs/v1/{COMMUNITY}/+/ocmf")
+    thief = _peer(secured, cleanup, "dev2", victim_id)
+    assert thief.connect()
+    time.sleep(0.3)
+    dev1 = _peer(secured, cleanup, "dev1", "dev1")
+    assert dev1.connect()
+    dev1.publish(topic("dev1"), b"reading after the attempt")
+    assert gw.get() == (topic("dev1"), b"reading after the attempt")
+    assert gw.drops == []
+
+
+def test_device_credential_cannot_displace_another_device(secured, cleanup):
+    """dev1's credential connecting with dev2's client id (the firmware connects with its
+    device id) leaves dev2 connected: it still gets its commands and its readings arrive."""
+    import time
+
+    dev2 = _peer(secured, cleanup, "dev2", "dev2")
+    assert dev2.connect()
+    dev2.subscribe(topic("dev2", "cmd"))
+    gw = _peer(secured, cleanup, "egs-gateway", "egs-gateway")
+    assert gw.connect()
+    gw.subscribe(f"egs/v1/{COMMUNITY}/+/ocmf")
+    thief = _peer(secured, cleanup, "dev1", "dev2")
+    assert thief.connect()
+    time.sleep(0.3)
+    gw.publish(topic("dev2", "cmd"), b'{"cmd": "resend", "from": 1}')
+    assert dev2.get() == (topic("dev2", "cmd"), b'{"cmd": "resend", "from": 1}')
+    dev2.publish(topic("dev2"), b"dev2 reading")
+    assert gw.get() == (topic("dev2"), b"dev2 reading")
+    assert dev2.drops == []
+
+
+def test_sessions_are_kept_under_the_user_name(secured, cleanup):
+    """The broker keys a persistent session by user name: what was queued for the gateway
+    while it was away reaches it whatever client id it comes back with."""
+    gw = _peer(secured, cleanup, "egs-gateway", "gw-before", clean=False)
+    assert gw.connect()
+    gw.subscribe(f"egs/v1/{COMMUNITY}/+/ocmf")
+    gw.close()
+    dev1 = _peer(secured, cleanup, "dev1", "dev1")
+    assert dev1.connect()
+    dev1.publish(topic("dev1"), b"queued while away")
+    back = _peer(secured, cleanup, "egs-gateway", "gw-after", clean=False)
+    assert back.connect()
+    assert back.get() == (topic("dev1"), b"queued while away")
+
+
+def test_updater_offers_updates_and_reads_status_only(secured, cleanup):
+    """`device update` logs in as its own user: it reads the devices' status and writes
+    their cmd topic, nothing else (a stolen updater password cannot forge acks or readings)."""
+    _, s, _ = secured
+    assert s["updater_user"] == "egs-updater"
+    assert s["credentials"]["egs-updater"] == s["updater_password_file"]
+    assert stat.S_IMODE(os.stat(s["updater_password_file"]).st_mode) == 0o600
+    assert "egs-updater:$" in Path(s["passwd"]).read_text()
+    dev1 = _peer(secured, cleanup, "dev1", "dev1")
+    assert dev1.connect()
+    dev1.subscribe(topic("dev1", "cmd"))
+    dev1.subscribe(topic("dev1", "ack"))
+    dev1.publish(topic("dev1", "status"), b'{"state": "online"}', retain=True)
+    gw = _peer(secured, cleanup, "egs-gateway", "egs-gateway")
+    assert gw.connect()
+    gw.subscribe(f"egs/v1/{COMMUNITY}/+/ocmf")
+    updater = _peer(secured, cleanup, "egs-updater", "egs-gw-update-1")
+    assert updater.connect()
+    updater.subscribe(f"egs/v1/{COMMUNITY}/+/ocmf")
+    updater.subscribe(topic("dev1", "status"))
+    assert updater.get() == (topic("dev1", "status"), b'{"state": "online"}')
+    updater.publish(topic("dev1", "ack"), b'{"seq": 999999}')
+    updater.publish(topic("dev1"), b"forged by the updater")
+    updater.publish(topic("dev1", "status"), b'{"state": "offline"}')
+    updater.publish(topic("dev1", "cmd"), b'{"cmd": "update"}')      # positive control, last
+    assert dev1.get() == (topic("dev1", "cmd"), b'{"cmd": "update"}')
+    dev1.publish(topic("dev1"), b"genuine")
+    assert gw.get() == (topic("dev1"), b"genuine")
+    assert dev1.get(timeout=0.3) is None and gw.get(timeout=0.3) is None
+    assert updater.get(timeout=0.3) is None
+
+
+@pytest.mark.parametrize("updater_user,device,message", [
+    ("egs-gateway", None, "the same user"),
+    ("dev1", "dev1", "also a device id"),
+])
+def test_updater_user_must_be_its_own(tmp_path, gwdb, updater_user, device, message):
+    if device:
+        Signer(device).register(gwdb)
+    with pytest.raises(broker.BrokerError, match=message):
+        broker.write_config(gwdb, tmp_path / "b", COMMUNITY, updater_user=updater_user)
+
+
+def test_updater_login(tmp_path, gwdb):
+    from gateway.config import ConfigError
+
+    s = broker.write_config(gwdb, tmp_path / "b", COMMUNITY)
+    cfg = {"mqtt": {"user": "egs-gateway", "updater_password_file": ""}, "broker": {"dir": s["dir"]}}
+    assert broker.updater_login(cfg) == ("egs-updater", broker.credential(s["dir"], "egs-updater",
+                                                                          create=False))
+    cfg["mqtt"]["updater_password_file"] = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="^mqtt.updater_password_file: cannot read .*missing"):
+        broker.updater_login(cfg)
+    cfg["mqtt"]["user"] = ""                     # a gateway on an open broker: so is the update
+    assert broker.updater_login(cfg) == (None, None)
+    with pytest.raises(broker.BrokerError, match="broker's own MQTT user"):
+        broker.add_credential(s["dir"], "egs-updater")
+
+
+def test_device_update_runs_beside_the_gateway(tmp_path, gwdb, cleanup):
+    """`egs-gw device update` on a secured broker while the gateway runs: it logs in as the
+    updater, offers the release, follows the status to the end, and the gateway stays up."""
+    import time
+
+    from tests.gateway.fixtures import gateway_config, start_gateway
+    from tools import release
+
+    pub = release.generate_key(tmp_path / "release.pem")
+    bundle, manifest = release.build(release.load_secret(tmp_path / "release.pem"), tmp_path / "dist")
+    Signer("dev1").register(gwdb)
+    db_path = tmp_path / "gw.sqlite"
+    mosq, s = secured_broker(tmp_path, gwdb, db_path)
+    with mosq:
+        cfg = gateway_config(tmp_path, mosq.port, s["gateway_password_file"],
+                             broker={"dir": s["dir"]})
+        gw = start_gateway(tmp_path, cfg, db_path)
+        cleanup.append(gw)
+        dev = Peer(mosq.port, "dev1", broker.credential(s["dir"], "dev1", create=False), client_id="dev1")
+        cleanup.append(dev)
+
+        def on_cmd(client, userdata, msg):      # a device that takes the update at once
+            body = json.loads(msg.payload)
+            if body.get("cmd") == "update":
+                client.publish(topic("dev1", "status"), json.dumps(
+                    {"state": "online", "fw": body["version"], "ota": {"confirmed": True}}), 1, True)
+        dev.c.message_callback_add(topic("dev1", "cmd"), on_cmd)
+        assert dev.connect()
+        dev.subscribe(topic("dev1", "cmd"))
+        dev.publish(topic("dev1", "status"), b'{"state": "online", "fw": "0.0.1"}', retain=True)
+        started = time.time()
+        res = cli_invoke("device", "update", "--config", cfg, "--db", db_path, "--release", bundle,
+                         "--release-key", pub.hex() if isinstance(pub, bytes) else pub,
+                         "--device", "dev1", "--host", "127.0.0.1", "--timeout", 20, "--json")
+        assert res.exit_code == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["version"] == manifest["version"]
+        assert out["devices"]["dev1"]["result"] == "updated"
+        assert time.time() - started < 20
+        log = (tmp_path / "gw.log").read_text()
+        assert log.count("connected to MQTT broker") == 1 and "retrying" not in log, log[-2000:]

@@ -20,6 +20,9 @@ def _cfg(tmp_path, port, components):
     cfg["store"]["db"] = str(tmp_path / "gw.sqlite")
     cfg["intervals"]["tick_s"] = 0.2
     cfg["intervals"]["grace_s"] = 0
+    # readings at T0, weeks before the device's registration on the wall clock
+    cfg["ingest"]["max_age_s"] = 0
+    cfg["ingest"]["registration_skew_s"] = 10**10
     return settings.validate(cfg)
 
 

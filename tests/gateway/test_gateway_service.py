@@ -110,7 +110,9 @@ def test_ingest_through_mosquitto(tmp_path, gwdb, cleanup):
                                     .stdout)["count"] >= 2, what="intervals")
         # the broker restarts: messages the gateway had received but not committed would
         # be gone from the broker, so on reconnecting it asks every device to resend above
-        # its ack (seen by a persistent session on dev1's command topic)
+        # its ack (seen by a persistent session on dev1's command topic; one connection per
+        # user name, so the observer takes dev1's place)
+        dev.close()
         observer = Peer(mosq.port, "dev1", _password(summary, "dev1"), client_id="obs-dev1",
                         clean=False)
         assert observer.connect()

@@ -123,8 +123,13 @@ ledger_env = ledger_env_fixture  # the name other test modules import
 
 
 def ingest(conn, signer, rows, now=FAR):
-    """rows: (seq, t, import_wh, export_wh) through the real ingest (verified signatures)."""
-    core = IngestCore(conn, COMMUNITY, {"max_future_s": 10**9}, clock=lambda: now)
+    """rows: (seq, t, import_wh, export_wh) through the real ingest (verified signatures).
+
+    The readings lie weeks before `now` and the devices' registration (the wall clock),
+    and the property test's steps are faster than any meter: the ingest's time and energy
+    limits are off here (tests/gateway/test_ingest_hostile.py tests them)."""
+    core = IngestCore(conn, COMMUNITY, {"max_future_s": 10**9, "max_age_s": 0, "registration_skew_s": 10**10,
+                                        "energy_limit": False}, clock=lambda: now)
     msgs = [Message(topic(signer.id), signer.record(seq, imp, exp, t).encode(), now)
             for seq, t, imp, exp in rows]
     out = core.commit(msgs, core.verify_inline(core.prepare(msgs)))
