@@ -6,18 +6,11 @@ The real firmware runs as deployed (sim/device.py): its code as .mpy files in a 
 image, which on an ESP32 sits in flash and is executed in place, and exactly `--heap`
 bytes of MicroPython heap for everything else, on the unix port, reading an emulated
 SDM630 over RTU-over-TCP every 20 ms and publishing to a real mosquitto, with an acking
-subscriber so the flash log is trimmed as on a real site.
-
-Figures, all measured in this run:
-- the main run: cycles done, MemoryErrors (must be 0), restarts (must be 0), cycles/s;
-- live heap at cycle boundaries: the firmware collects once per reading and reports the
-  smallest free heap it saw (status "heap.min_free"); budget - that = peak live heap;
-- smallest heap that runs 100 cycles: a binary search over the budget (the peak including
-  what a cycle allocates and frees, and fragmentation);
-- baseline: the same two measures for one bare OCMF sign (protocol.ocmf.build from the same
-  image), i.e. the least any signing device needs.
-Heap on the unix port is 64-bit: pointers, object headers and dict slots are twice the
-size of an ESP32's, so these figures overstate what an ESP32 needs.
+subscriber so the flash log is trimmed as on a real site. Figures, all measured in this
+run (how: beside the code in main()): cycles done, MemoryErrors and restarts (both must
+be 0), peak live heap, the smallest heap that runs 100 cycles, and the same two for one
+bare OCMF sign as the baseline. Heap on the unix port is 64-bit: pointers, object headers
+and dict slots are twice the size of an ESP32's, so these figures overstate its needs.
 """
 import argparse
 import sys
@@ -170,6 +163,8 @@ def main():
                           profile="household") as meter:
         ok, main_run = run_device(Path(tmp) / "main", broker, meter, budget, cycles,
                                   want_status=True)
+        # Live heap at cycle boundaries: the firmware collects once per reading and reports
+        # the smallest free heap it saw (status "heap.min_free"); budget - that = peak.
         st = main_run["status"]
         min_free = (st.get("heap") or {}).get("min_free")
 
@@ -183,6 +178,10 @@ def main():
                                  search_cycles, timeout=60)
             return good
 
+        # Smallest heap that runs the cycles: a binary search over the budget, so it counts
+        # the peak including what a cycle allocates and frees, and fragmentation. Baseline:
+        # the same for one bare OCMF sign (protocol.ocmf.build from the same image), i.e.
+        # the least any signing device needs.
         fw_min = smallest(fw_ok, 32 * 1024, budget, step)
         sign_min = smallest(lambda h: bare_sign_ok(h)[0], 4 * 1024, budget, 512)
         sign_live = bare_sign_ok(budget)[1].split()

@@ -3,20 +3,13 @@
     .venv/bin/python bench/modbus_link.py [--quick]
 
 One emulated SDM630 (sim/meter.py, frozen counters) serves over TCP and over the pty link.
-Measured in the same run, on the same emulator:
-- read time of one energy reading (4 input registers at 0x0048, import and export) with
-  firmware.modbus under CPython and under `micropython -X heapsize=100K` (the real binary);
-  baseline: the pymodbus sync client (ModbusTcpClient / ModbusSerialClient, RTU framing)
-  reading the same registers. Over a pty the time includes the emulator's pty pump and
-  pymodbus' own serial handling, so it is a link figure, not a line-speed figure.
-- under MicroPython: decoding a float32 energy register to exact Wh with integers
-  (meters.f32_scaled), baseline struct.unpack('>f') + float multiply (what the firmware
-  must NOT do: it loses Wh); CRC-16 of an 8-byte request and of a 256-byte frame; and the
-  heap in use after the readings (gc.mem_alloc()).
-Our master keeps the RTU inter-frame silence before every request (3.5 characters: 4.0 ms
-at 9600 baud, 1.75 ms above 19200), which the pymodbus TCP client does not; back-to-back
-reads pay it in full, so the 115200-baud row shows the master without most of it. The
-firmware reads twice a minute, where this does not matter.
+Measured in the same run, on the same emulator: the read time of one energy reading (4
+input registers at 0x0048, import and export) with firmware.modbus under CPython and under
+`micropython -X heapsize=100K` (the real binary), against the pymodbus sync client reading
+the same registers (the baseline); and under MicroPython, decoding a float32 energy
+register to exact Wh with integers (meters.f32_scaled) against struct.unpack('>f') + float
+multiply (what the firmware must NOT do: it loses Wh), CRC-16 of an 8-byte request and a
+256-byte frame, and the heap in use after the readings (gc.mem_alloc()).
 """
 import argparse
 import json
@@ -126,12 +119,19 @@ def main():
             row("firmware.modbus under CPython, 9600 baud", timed(
                 lambda: meters.read_energy(master, "sdm630", 1), n), base)
             master.uart.close()
+            # Our master keeps the RTU inter-frame silence before every request (3.5
+            # characters: 4.0 ms at 9600 baud, 1.75 ms above 19200), which the pymodbus TCP
+            # client does not; back-to-back reads pay it in full, so the 115200-baud row shows
+            # the master without most of it. The firmware reads twice a minute, where this
+            # does not matter.
             master = modbus.Master(TcpUart("127.0.0.1", port, baudrate=115200),
                                    timeout_ms=500, retries=0)
             row("firmware.modbus under CPython, 115200 baud", timed(
                 lambda: meters.read_energy(master, "sdm630", 1), n), base)
             master.uart.close()
             tcp_base = base
+            # Over a pty the time includes the emulator's pty pump and pymodbus' own serial
+            # handling: a link figure, not a line-speed figure.
             print(" pty link (two pty pairs, emulator pump, pymodbus serial server)")
             client = ModbusSerialClient(link, framer=FramerType.RTU, baudrate=9600, timeout=1)
             client.connect()

@@ -1,26 +1,16 @@
 """How many charge points one central-system process holds with p99 latency < 100 ms.
 
-Two servers are measured in the same run, each in its own process:
-  egs   ocpp_cs.server.CentralSystem: Basic auth, schema checks, every MeterValues
-        stored durably (SQLite, synchronous=FULL, group commit) before it is answered;
-  bare  the `ocpp` library's v16 ChargePoint with the same Core handlers returning
-        canned answers, no authentication and no persistence (the baseline).
-The emulated charge points run in this process (a separate one from the server):
-lightweight OCPP-J clients on real websockets, each sending a Heartbeat or a
-MeterValues of its running transaction every `--period` seconds (accelerated:
-a real charger sends MeterValues every 60 s or more and Heartbeats every few
-minutes). N steps up; at each step the latency of every request is measured for
-`--window` seconds after 12 s of settling; the largest N with p99 < 100 ms and
-no errors is "held". The emulator process pauses its own garbage collector while
-measuring, so that its pauses are not counted as server latency; the egs server
-runs with its default GC policy (CentralSystem._gc_loop), the bare one with
-Python's.
-
-Charger passwords are hashed with scrypt n=2**10 here (production default 2**14)
-so that registering and connecting thousands of chargers does not dominate the
-run; connection set-up is not what is measured.
-
     .venv/bin/python bench/ocpp_load.py [--quick] [--steps 500,1000,...] [--period 5]
+
+Two servers are measured in the same run, each in its own process: `egs`,
+ocpp_cs.server.CentralSystem (Basic auth, schema checks, every MeterValues stored durably,
+SQLite synchronous=FULL with group commit, before it is answered), and `bare`, the `ocpp`
+library's v16 ChargePoint with the same Core handlers returning canned answers, no
+authentication and no persistence (the baseline). The emulated charge points run in this
+process: lightweight OCPP-J clients on real websockets, each sending a Heartbeat or a
+MeterValues every `--period` seconds (accelerated: a real charger is far slower). N steps
+up; the largest N with p99 < 100 ms and no errors is "held" (how each step is measured:
+above `run_series`).
 """
 import argparse
 import asyncio
@@ -58,6 +48,8 @@ def seed_db(db_path, n):
     from ocpp_cs import auth, store
     conn = db_mod.connect(db_path)
     store.init(conn)
+    # scrypt n=2**10 here (production default 2**14), so that registering and connecting
+    # thousands of chargers does not dominate the run: connection set-up is not measured.
     hashed = auth.hash_password(PASSWORD, n=2**10)  # one hash: every bench charger shares it
     with transaction(conn):
         for i in range(n):
@@ -317,6 +309,12 @@ def start_server(kind, db_path, port):
     return proc, int(line.split()[1])
 
 
+# At each step the latency of every request is measured for `window` seconds after `settle`
+# seconds of settling (12 s in a full run). A real charger sends MeterValues every 60 s or
+# more and Heartbeats every few minutes. The emulator process pauses its own garbage
+# collector while measuring, so that its pauses are not counted as server latency; the egs
+# server runs with its default GC policy (CentralSystem._gc_loop), the bare one with
+# Python's.
 async def run_series(kind, steps, period, window, db_path, settle):
     proc, port = start_server(kind, db_path, 0)
     load = Load(f"ws://127.0.0.1:{port}/ocpp", auth=(kind == "egs"), period=period)

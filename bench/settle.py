@@ -2,24 +2,16 @@
 
     .venv/bin/python bench/settle.py [--quick] [--accounts N] [--baseline-accounts M]
 
-Each account has one device that exported (and imported a little) in the interval;
-its signed readings go through the real ingest first (setup, not timed). Then the
-real gateway path is timed:
+Each account has one device that exported (and imported a little) in the interval; its
+signed readings go through the real ingest first (not timed). Timed, the gateway path:
   decide  — the settlement engine: intervals closed, balance book and outbox intents
             written in one SQLite transaction (batches of --batch accounts);
   chain   — the outbox worker: sign and store each transaction, broadcast, wait for
             the receipts (Anvil automine, confirmations 0).
-Wall time is decide + chain. Gas per account is the gas used by all settlement
-transactions divided by the number of accounts.
-
-The baseline does the same work as one transaction per account (batch size 1, the
-same engine, worker and contract, a fresh deployment and fresh accounts so storage
-costs match), in the same run. It runs on --baseline-accounts accounts (default:
-1,000, or all with --full-baseline): gas per account does not depend on how many
-there are, and its wall time is reported per account and extrapolated.
-
-Targets (issue 5): wall time < 10 s for 10,000 accounts, gas per account <= 0.5 x
-the baseline.
+Wall time is decide + chain; gas per account is the gas of all settlement transactions
+over the number of accounts. The baseline (one transaction per account, same run) is
+described where main() runs it. Targets: wall time < 10 s for 10,000 accounts, gas per
+account <= 0.5 x the baseline; figures: docs/ledger.md, "Benchmark".
 """
 import argparse
 import random
@@ -143,6 +135,11 @@ def main(argv=None):
         with Anvil(tmp / "anvil") as anvil:
             print(f"setting up {n} + {nb} devices with signed readings (not timed)...", flush=True)
             batched = run(tmp, anvil, n, a.batch, 1, rnd, gateway)
+            # The baseline does the same work as one transaction per account (batch size 1,
+            # the same engine, worker and contract, a fresh deployment and fresh accounts so
+            # storage costs match), on nb accounts (default 1,000, or all with
+            # --full-baseline): gas per account does not depend on how many there are, and
+            # its wall time is reported per account and extrapolated.
             base = run(tmp, anvil, nb, 1, 2, rnd, gateway)
     ratio = batched["gas_per_account"] / base["gas_per_account"]
     extrapolated = base["wall_s"] / nb * n

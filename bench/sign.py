@@ -5,25 +5,10 @@
 This CPython script starts one `micropython -X heapsize=100K` process (the ESP32 heap
 budget) that measures, and measures `cryptography` (and our module on CPython) in this
 process during the same run, so the figures can be compared on the same machine load.
+Figures under MicroPython: sign time, the comb table's heap, the peak heap one signature
+needs and the churn per signature (how each is measured: above MP_SCRIPT).
 
-Figures under MicroPython:
-- sign time: mean, median and best of many signatures over distinct messages, after a
-  warm-up signature (which builds the comb table).
-- table size: live heap held by the 15-point comb table of G, as the gc.mem_alloc()
-  difference around building it, each side after gc.collect().
-- peak heap per signature: the smallest amount of free heap with which a signature
-  still succeeds.  After gc.collect() the heap is filled with bytearrays until only F
-  bytes are free (gc.mem_free()), then sign() is attempted; a binary search over F
-  finds the smallest F without MemoryError.  This counts what one signature needs at
-  its peak (live big integers, generator, hash objects, and fragmentation), which is
-  what an ESP32 must have spare.  gc.mem_alloc() deltas alone cannot show it: the
-  collector frees intermediates during the signature, so the delta after the call
-  is near zero, and with the collector disabled it is the churn, which outgrows 100 KB.
-- churn per signature: bytes allocated by one signature, from micropython.mem_total()
-  (the unix port keeps allocation statistics): garbage created, a measure of GC
-  pressure, not of the heap needed.
-
-Targets (issue 2): <= 5 ms per signature, table + peak heap per signature <= 16 KB.
+Targets: <= 5 ms per signature, table + peak heap per signature <= 16 KB.
 """
 import argparse
 import os
@@ -39,6 +24,22 @@ sys.path.insert(0, str(ROOT))
 TARGET_MS = 5.0
 TARGET_HEAP = 16 * 1024
 
+# What the script measures under MicroPython:
+# - sign time: mean, median and best of many signatures over distinct messages, after a
+#   warm-up signature (which builds the comb table).
+# - table size: live heap held by the 15-point comb table of G, as the gc.mem_alloc()
+#   difference around building it, each side after gc.collect().
+# - peak heap per signature: the smallest amount of free heap with which a signature still
+#   succeeds. After gc.collect() the heap is filled with bytearrays until only F bytes are
+#   free (gc.mem_free()), then sign() is attempted; a binary search over F finds the
+#   smallest F without MemoryError. This counts what one signature needs at its peak (live
+#   big integers, generator, hash objects, and fragmentation), which is what an ESP32 must
+#   have spare. gc.mem_alloc() deltas alone cannot show it: the collector frees
+#   intermediates during the signature, so the delta after the call is near zero, and with
+#   the collector disabled it is the churn, which outgrows 100 KB.
+# - churn per signature: bytes allocated by one signature, from micropython.mem_total()
+#   (the unix port keeps allocation statistics): garbage created, a measure of GC
+#   pressure, not of the heap needed.
 MP_SCRIPT = """
 import gc, time
 from protocol import p256

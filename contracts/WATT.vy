@@ -26,6 +26,11 @@
         (each share rounded down), and the network pool receives the rest,
         i.e. its 10 % plus every rounding remainder. No EEA is created or lost:
         the shares always add up to the amount charged.
+
+        Roles: gateways (granted by the admin) settle; the admin only grants and
+        revokes the gateway role and sets the pools, so it can be a cold key
+        apart from the gateway's hot one. The admin role moves in two steps
+        (proposeAdmin, then acceptAdmin from the proposed address).
 """
 from ethereum.ercs import IERC20
 
@@ -104,6 +109,10 @@ event PoolsSet:
     education: address
     network: address
 
+event AdminProposed:
+    admin: indexed(address)
+    proposed: indexed(address)
+
 event AdminSet:
     admin: address
 
@@ -113,6 +122,7 @@ allowance: public(HashMap[address, HashMap[address, uint256]])
 totalSupply: public(uint256)
 
 admin: public(address)
+pendingAdmin: public(address)
 isGateway: public(HashMap[address, bool])
 applied: public(HashMap[bytes32, bool])
 
@@ -200,11 +210,34 @@ def setPools(education: address, network: address):
 
 
 @external
-def setAdmin(new_admin: address):
+def proposeAdmin(new_admin: address):
+    """
+    @notice Step one of an admin change: the admin names its successor, who
+            becomes admin only by calling `acceptAdmin` from its own key, so a
+            mistyped address can never take (or strand) the admin role. A new
+            proposal replaces the pending one.
+    """
     self._only_admin()
     assert new_admin != empty(address), "WATT: admin address is zero"
-    self.admin = new_admin
-    log AdminSet(admin=new_admin)
+    self.pendingAdmin = new_admin
+    log AdminProposed(admin=msg.sender, proposed=new_admin)
+
+
+@external
+def cancelAdminProposal():
+    """Withdraw the pending proposal (logged as a proposal of the zero address)."""
+    self._only_admin()
+    self.pendingAdmin = empty(address)
+    log AdminProposed(admin=msg.sender, proposed=empty(address))
+
+
+@external
+def acceptAdmin():
+    """Step two: the proposed address takes the admin role; the old admin keeps none."""
+    assert msg.sender == self.pendingAdmin, "WATT: not the proposed admin"
+    self.admin = msg.sender
+    self.pendingAdmin = empty(address)
+    log AdminSet(admin=msg.sender)
 
 
 @internal

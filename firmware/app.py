@@ -14,7 +14,8 @@ A reading (cycle):
    record (protocol/ocmf.py, protocol/p256.py), append it to the flash log (flushed);
 4. only then may it leave: the backlog pump publishes every record above what the gateway
    has acknowledged, oldest first, QoS 1, at most `max_inflight` at a time.
-A record is deleted from flash only after the gateway's `.../ack`, never on PUBACK.
+A record is deleted from flash only after the gateway's `.../ack`, never on PUBACK, and
+only for sequences this connection has published (an ack above them is ignored).
 
 Schedule: readings at multiples of interval_s since the epoch and at every quarter hour
 (the settlement interval), whichever comes first; interval_s may be fractional for tests.
@@ -93,7 +94,7 @@ class App:
         m = cfg["mqtt"]
         b = cfg["broker"]
         self.mqtt = Client(
-            dev, lambda: hal.connect_tcp(b["host"], b["port"], b["tls"], b["ca"]),
+            dev, lambda: hal.connect_tcp(b["host"], b["port"], b["tls"], b["ca"], b["insecure"]),
             user=m["username"] or None, password=m["password"] or None,
             keepalive_s=m["keepalive_s"], will=(self.t_status, messages.OFFLINE, True),
             on_message=self._on_message, max_inflight=MAX_INFLIGHT,
@@ -101,6 +102,7 @@ class App:
         self.backoff = Backoff(500, int(m["backoff_max_s"] * 1000))
         self.connected_once = False
         self.sent = self.log.acked            # highest sequence handed to MQTT this session
+        self.published = 0                    # highest sequence published since the CONNACK
         self.status_dirty = True
         self.status_due = hal.ticks_ms()
         self.due = next_due(hal.time_ms(), self.interval_ms)
@@ -245,6 +247,12 @@ class App:
         try:
             if topic == self.t_ack:
                 seq = messages.parse_ack(payload)
+                if seq > self.published:
+                    # nobody can have stored what this connection has not carried: a forged
+                    # or stale ack must not make the flash log forget unsent records
+                    self._bad("ack", "seq %d above %d, the highest sent in this connection"
+                              % (seq, self.published), payload)
+                    return
                 if self.log.ack(seq):
                     self.ack_progress = self.hal.ticks_ms()
                     self.status_dirty = self.status_dirty or self.log.depth() == 0
@@ -310,6 +318,7 @@ class App:
                 self.counters["reconnects"] += 1
             self.connected_once = True
             self.sent = self.log.acked        # replay everything not acknowledged
+            self.published = self.log.acked   # acks above what this connection sent: ignored
             self.ack_progress = now
             self.status_dirty = True
             self.hal.log("mqtt connected to %s:%d" % (self.cfg["broker"]["host"],
@@ -339,6 +348,7 @@ class App:
                     self.ack_progress = now       # the first record awaiting an ack
                 c.publish(self.t_ocmf, rec[1], 1, False)
                 self.sent = rec[0]
+                self.published = max(self.published, rec[0])
         except (OSError, MQTTError) as e:
             c.close(e)
         if not c.connected:

@@ -1,29 +1,16 @@
 """Which application copy to boot: A/B slots with try-once-then-roll-back.
 
-The device holds two copies of the application (the .mpy files of a release bundle)
-beside each other, `<root>/app_a` and `<root>/app_b`, and one small state file,
-`<root>/boot.json`:
+Every change of <root>/boot.json is written to boot.tmp and renamed over (atomic on
+LittleFS and POSIX), so a power cut leaves either the old or the new state, never a mix.
+Nothing here touches the flash log, the key or the counters: they live outside the slots.
 
-    {"active": "a", "pending": null, "tries": 0, "rolled_back": null}
-
-- An update (firmware/ota.py) unpacks and checks the new release into the slot that is
-  not active, then sets "pending" to it (`stage`) and resets.
-- At boot (`choose`), a pending slot gets exactly one try: "tries" is set to 1 and
-  written *before* the new code runs. If that boot ends without `confirm` (a crash, a
-  hang the watchdog resets, a power cut, an application that never signs a reading), the
-  next boot finds tries == 1 and rolls back: pending is cleared, the old slot boots, and
-  "rolled_back" names the version that failed so the gateway can see it in the status.
-- `confirm` (called after the first signed reading of the new version) makes the pending
-  slot the active one.
-
-Every change of boot.json is written to boot.tmp and renamed over (atomic on LittleFS
-and POSIX), so a power cut leaves either the old or the new state, never a mix. Nothing
-here touches the flash log, the key or the counters: they live outside the slots.
-
-This module is installed once, at the root of the device file system, outside the slots
-(`egs-gw device flash` puts it there with a two-line /main.py), so a bad release cannot
-break the selector. Why our own: MicroPython's only A/B mechanism is the ESP32 partition
-table for MicroPython itself (firmware/hal/esp32_ota.py); the application files need this.
+The application (the .mpy files of a release bundle) sits twice, in <root>/app_a and
+<root>/app_b. A slot staged by firmware/ota.py (`stage`) gets exactly one boot (`choose`);
+unless that boot calls `confirm` (after its first signed reading), the next one rolls back
+and names the failed version in "rolled_back", for the status. This module is installed
+once, at the root, outside the slots (`egs-gw device flash`), so a bad release cannot break
+the selector. Why our own: MicroPython's only A/B mechanism is the ESP32 partition table for
+MicroPython itself (firmware/hal/esp32_ota.py); the application files need this.
 """
 import json
 import os
@@ -42,6 +29,8 @@ def slot_dir(root, slot):
     return _path(root, "app_" + slot)
 
 
+# boot.json: the confirmed slot, the slot staged for its one trial boot, whether that boot
+# has begun, and the version of the last rollback.
 def default_state():
     return {"active": "a", "pending": None, "tries": 0, "rolled_back": None}
 
@@ -86,6 +75,9 @@ def choose(root):
         state["tries"] = 0
         save(root, state)
         return state["active"]
+    # Written *before* the new code runs: if this boot ends without `confirm` (a crash, a hang
+    # the watchdog resets, a power cut, a release that never signs a reading), the next one
+    # finds tries == 1 and rolls back above.
     state["tries"] = 1
     save(root, state)
     return pending

@@ -24,7 +24,7 @@ def defaults():
         "device_id": None,
         "community": None,
         "wifi": {"ssid": "", "password": ""},
-        "broker": {"host": "127.0.0.1", "port": 1883, "tls": False, "ca": ""},
+        "broker": {"host": "127.0.0.1", "port": 1883, "tls": False, "ca": "", "insecure": False},
         "mqtt": {"username": "", "password": "", "keepalive_s": 60, "backoff_max_s": 30},
         "meter": {"model": "sdm630", "unit": 1, "baud": 9600, "parity": "N", "stopbits": 1,
                   "port": "", "timeout_ms": 500, "retries": 2, "serial": "",
@@ -102,6 +102,7 @@ def validate(cfg):
     _num(b["port"], "broker.port", 1, 65535)
     _bool(b["tls"], "broker.tls")
     _text(b["ca"], "broker.ca", 256)
+    _bool(b["insecure"], "broker.insecure")
     m = c["mqtt"]
     _text(m["username"], "mqtt.username", 128)
     _text(m["password"], "mqtt.password", 128)
@@ -134,6 +135,16 @@ def validate(cfg):
         raise ConfigError("log.max_bytes / log.segments must be at least 256 bytes")
     _num(c["watchdog_ms"], "watchdog_ms", 0, 600000)
     return c
+
+
+def check_tls(cfg):
+    """Refuse a TLS link that would not check who the broker is: without the broker's CA
+    any server can present a certificate and read the MQTT password, and forge acks."""
+    b = cfg["broker"]
+    if b["tls"] and not b["ca"] and not b["insecure"]:
+        raise ConfigError("broker.tls needs broker.ca (the broker's CA, sent with the ca "
+                          "command) or broker.insecure: true")
+    return cfg
 
 
 def public(cfg):

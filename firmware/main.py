@@ -1,20 +1,14 @@
 """Firmware entry point: pick the HAL, boot, run the main loop, restart on reboot.
 
 On the ESP32 the board's /main.py is two lines: `from firmware import main; main.main()`.
-On the unix port (tests, `egs-sim device`):
+On the unix port (tests, `egs-sim device`): `micropython -m firmware.main --state-dir DIR`.
 
-    micropython -m firmware.main --state-dir DIR
-
-Boot: load the configuration (none or invalid: stay in provisioning mode, the console
-answers and nothing else runs); without a device key but with a configuration (a device
-set up from a config file by `egs-sim device`), generate the key now; then run the
-application loop, feeding the watchdog each pass. A reboot (console or `.../cmd`) says
-goodbye on MQTT, then resets the machine. An unexpected exception reboots it after a
-pause instead of ending the program: on the ESP32 the watchdog would reset it anyway,
-only later. Never a soft restart in-process: a fragmented heap would stay fragmented.
-
-Heap: what is needed only at boot or while a console command is answered is imported
-then and unloaded afterwards (firmware/heap.py).
+Without a valid configuration the device stays in provisioning mode: the console answers
+and nothing else runs. A reboot (console or `.../cmd`) says goodbye on MQTT, then resets
+the machine; an unexpected exception resets it after a pause instead of ending the program
+(on the ESP32 the watchdog would, only later). Never a soft restart in-process: a
+fragmented heap would stay fragmented. What is needed only at boot or while a console
+command is answered is imported then and unloaded afterwards (firmware/heap.py).
 """
 import gc
 import sys
@@ -114,6 +108,7 @@ def boot(hal):
     except ValueError as e:
         hal.log("configuration rejected, provisioning mode: %s" % (e,))
     secret = hal.load_key()
+    # A configuration but no key: a device set up from a config file by `egs-sim device`.
     if cfg is not None and secret is None:
         from protocol import p256
 

@@ -18,6 +18,7 @@ COMMON = (
     "firmware/config.py",
     "firmware/flashlog.py",
     "firmware/hal/__init__.py",
+    "firmware/hal/tls.py",
     "firmware/hal/uart.py",
     "firmware/heap.py",
     "firmware/main.py",

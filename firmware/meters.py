@@ -5,44 +5,17 @@ energy, power; serial number where it has one) from different registers in diffe
 encodings. One small table per model and one decoder keep a new model to a few lines, and the
 emulator (sim/meter.py) serves exactly these tables, so firmware and emulator cannot drift.
 
-A field is (function code, start register, type, mul, div): the decoded register value times
-mul / div is the quantity in Wh (energy) or W (power), rounded to an integer.
-Types: "f32" IEEE 754 single, "u32"/"s32" two registers, "u64" four registers; always
-big-endian with the high word first (Modbus convention, all models below).
-
 Why integer arithmetic: ESP32 MicroPython floats are single precision, so `float * 1000`
-already loses Wh above ~16,777 kWh. A float32 register is decoded from its 32 bits
-(sign, exponent, mantissa) into the exact rational m * 2**e, scaled by mul / div and rounded
-once. Rounding: half to even (the same as Python's round() on the exact value), so a tie like
-0.0625 kWh -> 62 Wh, 0.1875 kWh -> 188 Wh. A meter's float32 itself has only 24 bits of
-mantissa: 98,765.432 kWh is stored as 98,765.4296875 and reads as 98,765,430 Wh. That is the
-meter's resolution, not ours; integer registers (ABB: 0.01 kWh) are exact to 10 Wh.
-
-Faults: NaN, infinity, the "not available" pattern of integer registers (all ones unsigned,
-max positive signed), and negative energy raise MeterFault and are never a reading. A register
-that goes backwards is only visible across readings: the firmware keeps the last signed values
-and calls check_progress(), which raises MeterFault("decrease").
-
-Register maps and their sources (looked up when this table was written):
-- Eastron SDM630 / SDM72 (D-M V2): input registers (fc 04), float32: 0x0034 total system
-  power W, 0x0048 import kWh, 0x004A export kWh; serial number holding register 0xFC00 (u32).
-  Source: Eastron protocol documents as collected in reaper7/SDM_Energy_Meter SDM.h, which
-  also reads SDM_HOLDING_SERIAL_NUMBER 0xFC00 for all SDM models.
-- Eastron SDM120: single phase, no total-system-power register; active power is 0x000C
-  (float32 W). Energy as SDM630. Serial 0xFC00 as above (the SDM120 V2 protocol lists it;
-  very old SDM120 units may answer exception 2, which read_serial() turns into None).
-- ABB B23: holding registers (fc 03): 0x5000 import u64 x 0.01 kWh, 0x5004 export u64
-  x 0.01 kWh, 0x5B14 total active power s32 x 0.01 W, 0x8900 serial number u32.
-  Source: ABB B-series Modbus map (2CMC485003M0201) as used by steefan85/ABB_B23_Energy_Meter
-  and openWB's B23 module (which also gives the "not available" patterns).
-- Chint DDSU666: float32 holding registers (fc 03): 0x2004 active power in kW, 0x4000 total
-  (forward) active energy kWh, 0x400A reverse active energy kWh. No documented serial register.
-  Source: Tasmota xnrg_11_ddsu666 (same addresses, reads them with fc 04) and a DDSU666
-  register description that reads them with fc 03; we follow the Chint protocol (fc 03).
-  UNSURE: whether 0x4000 is forward-only or forward+reverse on every firmware; we treat it as
-  import. Verify against a real meter before relying on DDSU666 export figures.
+already loses Wh above ~16,777 kWh; every register is decoded exactly and rounded once.
+Faults (NaN, infinity, "not available", negative energy, and a register that goes backwards
+across readings: check_progress) raise MeterFault and are never a reading. The field format,
+the decoding rules and the sources of each register map are noted beside the code.
 """
 
+# A field is (function code, start register, type, mul, div): the decoded register value
+# times mul / div is the quantity in Wh (energy) or W (power), rounded to an integer.
+# Types: "f32" IEEE 754 single, "u32"/"s32" two registers, "u64" four registers; always
+# big-endian with the high word first (Modbus convention, all models below).
 F32 = "f32"
 U32 = "u32"
 S32 = "s32"
@@ -54,6 +27,24 @@ WORDS = {F32: 2, U32: 2, S32: 2, U64: 4}
 MAX_SPAN = 16
 
 
+# Register maps and their sources (looked up when this table was written):
+# - Eastron SDM630 / SDM72 (D-M V2): input registers (fc 04), float32: 0x0034 total system
+#   power W, 0x0048 import kWh, 0x004A export kWh; serial number holding register 0xFC00 (u32).
+#   Source: Eastron protocol documents as collected in reaper7/SDM_Energy_Meter SDM.h, which
+#   also reads SDM_HOLDING_SERIAL_NUMBER 0xFC00 for all SDM models.
+# - Eastron SDM120: single phase, no total-system-power register; active power is 0x000C
+#   (float32 W). Energy as SDM630. Serial 0xFC00 as above (the SDM120 V2 protocol lists it;
+#   very old SDM120 units may answer exception 2, which read_serial() turns into None).
+# - ABB B23: holding registers (fc 03): 0x5000 import u64 x 0.01 kWh, 0x5004 export u64
+#   x 0.01 kWh, 0x5B14 total active power s32 x 0.01 W, 0x8900 serial number u32.
+#   Source: ABB B-series Modbus map (2CMC485003M0201) as used by steefan85/ABB_B23_Energy_Meter
+#   and openWB's B23 module (which also gives the "not available" patterns).
+# - Chint DDSU666: float32 holding registers (fc 03): 0x2004 active power in kW, 0x4000 total
+#   (forward) active energy kWh, 0x400A reverse active energy kWh. No documented serial
+#   register. Source: Tasmota xnrg_11_ddsu666 (same addresses, reads them with fc 04) and a
+#   DDSU666 register description that reads them with fc 03; we follow the Chint protocol
+#   (fc 03). UNSURE: whether 0x4000 is forward-only or forward+reverse on every firmware; we
+#   treat it as import. Verify against a real meter before relying on DDSU666 export figures.
 def _sdm(power_register):
     return {
         "vendor": "Eastron",
@@ -108,6 +99,12 @@ def get_model(model):
         raise ValueError(f"unknown meter model {model!r} (known: {known})") from None
 
 
+# Exact decoding: a float32 register is taken apart from its 32 bits (sign, exponent,
+# mantissa) into the exact rational m * 2**e, scaled by mul / div and rounded once, half to
+# even (the same as Python's round() on the exact value), so a tie like 0.0625 kWh -> 62 Wh,
+# 0.1875 kWh -> 188 Wh. A meter's float32 itself has only 24 bits of mantissa: 98,765.432 kWh
+# is stored as 98,765.4296875 and reads as 98,765,430 Wh. That is the meter's resolution, not
+# ours; integer registers (ABB: 0.01 kWh) are exact to 10 Wh.
 def _round_div(num, den):
     """num / den rounded half to even, for num >= 0, den > 0."""
     q, r = divmod(num, den)
@@ -138,6 +135,8 @@ def f32_scaled(bits, mul=1, div=1):
     return -q if bits >> 31 else q
 
 
+# "Not available" in an integer register: all ones (unsigned) or the largest positive value
+# (signed); NaN and infinity in a float32 one.
 def decode(data, offset, kind, mul=1, div=1):
     """Scaled integer value of the field of `kind` starting at byte `offset` of data."""
     words = WORDS[kind]

@@ -4,36 +4,13 @@ Why our own code: micropython-lib has no maintained RTU master that fits. The on
 either pull in a whole client/server stack (too big for a 100K heap next to TLS and P-256),
 decode with floats (ESP32 MicroPython floats are single precision: energy must stay integer),
 or swallow line errors. A meter gateway needs the opposite: every way a reply can go wrong is
-told apart, counted for the status message, and never crashes the main loop. Reading two
-register blocks per minute needs about 200 lines, so here they are.
+told apart (one ModbusError subclass and one counter each), counted for the status message,
+and never crashes the main loop. Reading two register blocks per minute needs about 200
+lines, so here they are.
 
-What it does, per the Modbus over serial line spec (V1.02):
-- CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF), low byte first on the wire; a 16-entry
-  nibble table: two lookups per byte, 16 small ints of RAM.
-- Inter-frame silence: 3.5 character times of 11 bits before each request, computed from the
-  baud rate, fixed at 1750 us above 19200 baud (spec 2.5.1.1).
-- Response timeout for the first byte, then the frame is taken as finished when the expected
-  length has arrived with a good CRC, or when the line has been silent for `gap_ms` (at least
-  t3.5, by default 20 ms: USB adapters, ptys and TCP deliver one frame in several chunks).
-- Bytes left on the line before a request (a late reply to a timed-out request, noise) are
-  discarded and counted, so a late reply is never taken for the answer to the next request.
-- A valid frame preceded by noise (e.g. a glitch when the RS-485 driver turns round) is
-  accepted: the CRC proves it; counted as a resync.
-- Retries for line errors (timeout, CRC, framing, link). An exception response is the meter's
-  considered answer and is not retried.
-
-Errors (all subclasses of ModbusError, each with its own counter):
-    Timeout            no reply at all                                 counters["timeouts"]
-    CrcError           a reply of the right shape with a bad CRC       counters["crc_errors"]
-    FrameError         short or overlong frame, wrong unit echoed,
-                       wrong function echoed, wrong byte count         counters["frame_errors"]
-    ExceptionResponse  the meter answered with exception code .code   counters["exceptions"]
-    LinkError          the UART/socket itself failed (OSError)         counters["link_errors"]
-counters also holds: requests (reads asked for), ok, failed (reads that raised after all
-retries), retries, resyncs, stale_bytes. Each failed attempt counts once under its kind, so
-`errors()` (the sum of the five error counters) is what the status reports as modbus_errors.
-
-The UART is anything with the interface of firmware/hal/uart.py.
+Framing, timing and retries follow the Modbus over serial line spec (V1.02); each rule is
+noted beside the code that keeps it. The UART is anything with the interface of
+firmware/hal/uart.py.
 """
 try:
     from time import sleep_ms, ticks_diff, ticks_ms
@@ -64,6 +41,15 @@ MAX_REGISTERS = 125          # per request (spec: 125 for 03/04)
 MAX_ADU = 256                # an RTU frame is never longer
 
 
+# Errors, each counted under its own key of Master.counters:
+#   Timeout            no reply at all                                 timeouts
+#   CrcError           a reply of the right shape with a bad CRC       crc_errors
+#   FrameError         short or overlong frame, wrong unit echoed,
+#                      wrong function echoed, wrong byte count         frame_errors
+#   ExceptionResponse  the meter answered with exception code .code   exceptions
+#   LinkError          the UART/socket itself failed (OSError)         link_errors
+# Each failed attempt counts once under its kind, so `errors()` (the sum of the five) is what
+# the status reports as modbus_errors.
 class ModbusError(Exception):
     counter = "errors"
 
@@ -107,7 +93,8 @@ ModbusException = ExceptionResponse
 ERROR_COUNTERS = ("timeouts", "crc_errors", "frame_errors", "exceptions", "link_errors")
 
 
-# CRC-16/MODBUS, one nibble at a time.
+# CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF), low byte first on the wire; one nibble
+# at a time: two lookups per byte, 16 small ints of RAM.
 _CRC_NIBBLE = (
     0x0000, 0xCC01, 0xD801, 0x1400, 0xF001, 0x3C00, 0x2800, 0xE401,
     0xA001, 0x6C00, 0x7800, 0xB401, 0x5000, 0x9C01, 0x8801, 0x4400,
@@ -206,6 +193,7 @@ def parse_response(buf, unit, function, count):
     return bytes(buf[start + 3:start + length - 2])
 
 
+# Spec 2.5.1.1: 3.5 character times of silence before each request, fixed above 19200 baud.
 def t35_us(baudrate):
     """Inter-frame silence: 3.5 characters of 11 bits; 1750 us above 19200 baud."""
     if baudrate > 19200:
@@ -213,6 +201,9 @@ def t35_us(baudrate):
     return (38500000 + baudrate - 1) // baudrate
 
 
+# Besides the error counters: requests (reads asked for), ok, failed (reads that raised after
+# all retries), retries, resyncs (a valid frame after noise), stale_bytes (discarded before a
+# request).
 def new_counters():
     return {"requests": 0, "ok": 0, "failed": 0, "retries": 0, "timeouts": 0,
             "crc_errors": 0, "frame_errors": 0, "exceptions": 0, "link_errors": 0,
@@ -242,6 +233,8 @@ class Master:
     def read_input(self, unit, address, count):
         return self.read(unit, READ_INPUT, address, count)
 
+    # Line errors (timeout, CRC, framing, link) are retried; an exception response is the
+    # meter's considered answer and is not.
     def read(self, unit, function, address, count):
         """Register bytes (2 * count, big-endian words). Raises a ModbusError subclass."""
         request = build_request(unit, function, address, count)
@@ -281,6 +274,8 @@ class Master:
             raise LinkError(f"link: {e!r}") from None
         return parse_response(buf, unit, function, count)
 
+    # Bytes left on the line before a request (a late reply to a timed-out request, noise)
+    # are discarded and counted, so a late reply is never taken for the next answer.
     def _discard_input(self):
         uart = self.uart
         for _ in range(64):          # bounded: a babbling line must not hang us
@@ -290,6 +285,11 @@ class Master:
             self.counters["stale_bytes"] += len(junk)
             self._last = ticks_ms()
 
+    # The first byte must come within timeout_ms; then the frame is finished when the
+    # expected length has arrived with a good CRC, or when the line has been silent for
+    # gap_ms (at least t3.5, by default 20 ms: USB adapters, ptys and TCP deliver one frame
+    # in several chunks). A valid frame after noise (e.g. a glitch when the RS-485 driver
+    # turns round) is accepted, the CRC proves it, and counted as a resync.
     def _receive(self, unit, function, count):
         uart = self.uart
         buf = bytearray()

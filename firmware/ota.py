@@ -1,37 +1,15 @@
-"""Signed over-the-air updates of the application, device side.
+"""Signed over-the-air updates of the application, device side (docs/installer.md, section 3).
 
-The gateway offers a release on `.../cmd` (the message is defined, built and checked in
-protocol/offer.py):
-
-    {"cmd": "update", "url": "http://<gateway>:<port>/<name>.tar", "version": "0.2.0",
-     "size": <bytes>}
-
-and the device, from its main loop (never inside the MQTT callback):
-1. downloads the bundle into <root>/ota.tar in chunks (HTTP/1.0 Range requests of CHUNK
-   bytes, each retried; the watchdog is fed between chunks). Why HTTP and not MQTT: the
-   device paces the transfer and resumes at the byte where a chunk failed, with one
-   small request per chunk; the broker's ACL stays as it is (devices read only their
-   ack/cmd topics). The transport needs no integrity of its own: everything is checked;
-2. checks it (protocol/bundle.py): the manifest signature against the release public
-   key the device was installed with (<root>/release.pub, written by `egs-gw device
-   flash`, never by the network), every file's size and SHA-256, no extra or missing
-   file, the port, and that the version is newer than the running one (a signed old
-   release cannot be replayed to downgrade a device);
-3. unpacks it into the slot that is not running (firmware/boot_select.py: A/B), while
-   checking, then marks that slot pending and resets. The running slot is never written.
-4. The new version gets one boot: after its first signed reading the application
-   confirms it (boot_select.confirm, from firmware/app.py); a crash, hang, power cut, or
-   no signed reading within ota_trial_s (the application then reboots) rolls back to the
-   old slot on the next start.
-The flash log, the sequence counter, the key and the configuration live outside the
-slots, so every update and rollback keeps them.
-
-A failure at any step before the switch leaves the running version as it was and is
-reported in the status message ("ota": {"state": "failed", "error": ...}).
-
-On the ESP32, MicroPython itself sits in an OTA partition pair; after the application is
-confirmed, the partition is confirmed too (firmware/hal/esp32_ota.py), so that a
-MicroPython image written by the same mechanism would roll back the same way.
+On an `update` offer (protocol/offer.py) the device, from its main loop and never inside
+the MQTT callback, downloads the bundle into <root>/ota.tar, checks it (protocol/bundle.py)
+against the release key it was installed with (<root>/release.pub, written by `egs-gw
+device flash`, never by the network), refuses a version not newer than its own (no replay
+of an old signed release), unpacks it into the slot it is not running
+(firmware/boot_select.py: A/B) and resets into that slot's one trial boot. The running
+slot is never written: a failure at any step before the switch leaves the running version
+as it was, reported in the status ("ota": {"state": "failed", "error": ...}). The flash
+log, the sequence counter, the key and the configuration live outside the slots, so every
+update and rollback keeps them.
 """
 import os
 
@@ -165,6 +143,10 @@ def run(hal, fw_version, msg, status, before_reset=None):
     return True
 
 
+# Why HTTP and not MQTT: the device paces the transfer and resumes at the byte where a chunk
+# failed, with one small Range request per chunk; the broker's ACL stays as it is (devices
+# read only their ack/cmd topics). The transport needs no integrity of its own: everything
+# is checked (protocol/bundle.py). The watchdog is fed between chunks.
 def download(hal, job, staging):
     """Fetch the bundle into `staging`, CHUNK bytes per request, each tried RETRIES times.
     Data goes straight from the socket to the file through one small buffer: the heap

@@ -22,6 +22,15 @@ Requests ("cmd" selects the command):
     {"cmd":"status"}      -> {"ok":true,"provisioned":..,"connected":..,"config":{..no secrets},
                               ..the MQTT status fields (counters, seq, meter fault)..}
     {"cmd":"reboot"}      -> {"ok":true,"rebooting":true}, then the device restarts
+    {"cmd":"ca","size":n,"at":offset,"data":"<base64>"}
+                          -> {"ok":true,"received":m} while parts are missing, then
+                             {"ok":true,"ca":"<path>","size":n,"sha256":".."}
+        The broker's CA certificate (DER, at most MAX_CA bytes) in parts of a line each,
+        in order from at=0 (which starts over); the whole is checked as a certificate and
+        kept under a name made of its hash, so the CA in use stays until a provision names
+        the new path in broker.ca. A provision removes the CA files it does not name.
+        Validation: TLS without broker.ca is refused unless broker.insecure is true, and
+        broker.ca must be a file on the device.
 Errors: {"ok":false,"error":"<reason>"} for a line that is not JSON, not an object, too long
 (> 2048 bytes), an unknown command (these four checked by protocol/console.py, which the
 gateway's side shares), or an invalid configuration (the reason names the key).
@@ -29,6 +38,10 @@ The private key never leaves the device; passwords are never echoed.
 """
 from firmware import config
 from protocol import console, p256
+
+MAX_CA = 4096                   # bytes of DER: a CA certificate, not a bundle
+CA_PREFIX = "ca-"
+CA_PART = "ca.part"
 
 
 def hexlify(data):
@@ -59,7 +72,7 @@ class Console:
         except console.MessageError as e:
             return console.error_reply(str(e))
         handler = {"hello": self.hello, "provision": self.provision, "pubkey": self.pubkey,
-                   "status": self.status, "reboot": self.reboot}[msg["cmd"]]
+                   "status": self.status, "reboot": self.reboot, "ca": self.ca}[msg["cmd"]]
         try:
             return handler(msg)
         except config.ConfigError as e:
@@ -83,7 +96,11 @@ class Console:
             if key != "cmd":
                 update[key] = value
         base = config.validate(d.cfg) if d.cfg else config.defaults()
-        cfg = config.validate(config.merge(base, update))
+        cfg = config.check_tls(config.validate(config.merge(base, update)))
+        ca = cfg["broker"]["ca"]
+        if ca and not _exists(ca):
+            raise config.ConfigError("broker.ca: no file %s on the device (send it with the "
+                                     "ca command first)" % ca)
         kept = "kept"
         if d.secret is None:
             if not self.hal.entropy_ready():
@@ -94,6 +111,7 @@ class Console:
             kept = "generated"
         config.save(self.hal.config_path, cfg)
         d.cfg = cfg
+        self._drop_other_cas(ca)
         return {"ok": True, "device_id": cfg["device_id"], "community": cfg["community"],
                 "pubkey": hexlify(p256.public_key(d.secret)), "key": kept,
                 "reboot_required": True}
@@ -122,3 +140,85 @@ class Console:
     def reboot(self, msg):
         self.device.reboot_requested = True
         return {"ok": True, "rebooting": True}
+
+    # ---------------------------------------------------------------- the broker's CA
+    def _ca_dir(self):
+        return getattr(self.hal, "state_dir", "")
+
+    def ca(self, msg):
+        import binascii
+        import os
+
+        size, at, data = msg.get("size"), msg.get("at"), msg.get("data")
+        if not _int(size) or not 1 <= size <= MAX_CA:
+            return console.error_reply("ca: size must be 1..%d bytes" % MAX_CA)
+        if not _int(at) or not isinstance(data, str):
+            return console.error_reply('ca: needs "at" (an offset) and "data" (base64)')
+        try:
+            part = binascii.a2b_base64(data)
+        except ValueError:
+            return console.error_reply("ca: data is not base64")
+        path = self._ca_dir() + "/" + CA_PART
+        have = 0 if at == 0 else _size(path)
+        if at != have:
+            return console.error_reply("ca: expected at=%d, got %d (start again at 0)" % (have, at))
+        if not part or at + len(part) > size:
+            return console.error_reply("ca: data runs past size %d" % size)
+        with open(path, "wb" if at == 0 else "ab") as f:
+            f.write(part)
+        part = None
+        received = _size(path)
+        if received < size:
+            return {"ok": True, "received": received}
+        with open(path, "rb") as f:
+            der = f.read()
+        try:
+            import ssl
+
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
+        except (ValueError, OSError):
+            os.remove(path)
+            return console.error_reply("ca: not a DER certificate")
+        import hashlib
+
+        digest = "".join("%02x" % b for b in hashlib.sha256(der).digest())
+        final = self._ca_dir() + "/" + CA_PREFIX + digest[:16] + ".der"
+        os.rename(path, final)
+        return {"ok": True, "ca": final, "size": len(der), "sha256": digest}
+
+    def _drop_other_cas(self, keep):
+        """CA files no configuration names any more (after a provision that saved)."""
+        import os
+
+        d = self._ca_dir()
+        for name in os.listdir(d or "/"):
+            path = d + "/" + name
+            if (name == CA_PART or (name.startswith(CA_PREFIX) and name.endswith(".der"))) \
+                    and path != keep:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+
+
+def _int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _size(path):
+    import os
+
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return 0
+
+
+def _exists(path):
+    import os
+
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False

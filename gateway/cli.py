@@ -5,6 +5,7 @@ assembles them (see DESIGN.md: nothing imports the composition root).
 """
 import click
 
+from gateway.cliutil import Program
 from gateway.devices import commands as device_commands
 from gateway.ingest import commands as ingest_commands
 from gateway.ledger import commands as ledger_commands
@@ -13,7 +14,7 @@ from gateway.run import run_cmd
 from ocpp_cs import commands as ocpp_commands
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Program, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="egs-edge")
 def main():
     """EGS gateway: ingest signed meter readings, settle them on the ledger,

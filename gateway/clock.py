@@ -2,18 +2,12 @@
 
 `make demo` runs a community's day in a few minutes. For the readings, the 15-minute
 intervals, the settlement grace, the market's trade intervals and the charging sessions
-to agree, every process must read the same accelerated time. The demo sets
-
-    EGS_CLOCK="<origin_epoch>:<speed>:<real_start_epoch>"
-
-in the environment of everything it starts, and
-
-    now() = origin + (time.time() - real_start) * speed
-
-Unset (production, tests), now() is time.time(). Only *domain* time reads it (reading
-timestamps, interval closing, settlement, trade intervals, session times); timeouts,
-backoff and liveness stay on the real clock. The firmware's unix HAL
-(firmware/hal/unix.py) parses the same variable itself (MicroPython cannot import this).
+to agree, every process must read the same accelerated time: the demo sets
+EGS_CLOCK="<origin_epoch>:<speed>:<real_start_epoch>" for everything it starts
+(docs/demo.md, "One clock for every process"). Unset (production, tests), now() is
+time.time(). Only *domain* time reads it; timeouts, backoff and liveness stay on the real
+clock. The firmware's unix HAL (firmware/hal/unix.py) parses the same variable itself
+(MicroPython cannot import this).
 """
 import os
 import time

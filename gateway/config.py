@@ -5,21 +5,42 @@ checks every key against those declarations so a typo or a wrong type is a clear
 error naming the key (`mqtt.brokr: unknown key`), never a silent default.
 Fields are `name: (type, default)`; a default of REQUIRED means the key must be given
 when the section is used.
+
+Keys that name files are declared with `paths=` (`maybe_paths=` for a value that is a
+file or not, such as a key in hex): a relative path written in the file is resolved
+against the file's directory, so `egs-gw run` under systemd and a technician's shell
+elsewhere use the same files. Defaults and command-line paths stay relative to the
+working directory.
 """
+import os
 import tomllib
 from pathlib import Path
 
 REQUIRED = object()
 _SECTIONS = {}
+_PATHS = {}          # section -> {key: True (always a path) or False (a path if such a file exists)}
 
 
 class ConfigError(ValueError):
     pass
 
 
-def section(name, fields):
-    """Declare a config section. Called at import time by the component that owns it."""
+def section(name, fields, paths=(), maybe_paths=()):
+    """Declare a config section. Called at import time by the component that owns it.
+    `paths`: keys whose value is a file or directory; `maybe_paths`: keys whose value may be
+    one (resolved only when that file exists beside the config)."""
     _SECTIONS[name] = dict(fields)
+    keys = _PATHS.setdefault(name, {})
+    keys.update(dict.fromkeys(paths, True))
+    keys.update(dict.fromkeys(maybe_paths, False))
+
+
+def _beside(base, value, always):
+    """`value` resolved against directory `base` when it is a relative path."""
+    if not value or os.path.isabs(value) or value.startswith("~"):
+        return value
+    resolved = os.path.join(base, value)
+    return resolved if always or os.path.exists(resolved) else value
 
 
 def _check(key, value, typ):
@@ -39,8 +60,10 @@ def load(path=None, overrides=None):
     over the file; None values are ignored.
     """
     raw = {}
+    base = None
     if path is not None:
         p = Path(path)
+        base = os.path.dirname(os.path.abspath(p))
         try:
             raw = tomllib.loads(p.read_text())
         except FileNotFoundError:
@@ -63,6 +86,8 @@ def load(path=None, overrides=None):
         for key, (typ, default) in fields.items():
             if key in body:
                 out[key] = _check(f"{name}.{key}", body[key], typ)
+                if key in _PATHS.get(name, {}) and isinstance(out[key], str):
+                    out[key] = _beside(base, out[key], _PATHS[name][key])
             else:
                 out[key] = default
         cfg[name] = out
@@ -84,5 +109,5 @@ def require(cfg, dotted):
     return value
 
 
-section("store", {"db": (str, "egs-gateway.sqlite")})
+section("store", {"db": (str, "egs-gateway.sqlite")}, paths=("db",))
 section("gateway", {"community": (str, REQUIRED)})

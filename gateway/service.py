@@ -1,25 +1,16 @@
 """`egs-gw run`: the gateway as one asyncio process.
 
+Nothing is acknowledged to a device that was not committed, so a crash at any point loses
+nothing a device still holds. SIGTERM/SIGINT set `ctx.stopping`: the components return
+first (the MQTT session and the store are still there for them), then the batch in hand is
+committed and acknowledged, and the process exits 0. A component that fails stops the
+service with exit status 1 (systemd restarts it).
+
 Tasks: MQTT ingest (aiomqtt; verification inline or in a process pool, one SQLite
 transaction per batch, acks after the commit), interval aggregation (every
-`intervals.tick_s`), a status heartbeat for `egs-gw status`, and the plug-in
-components of later issues: for each name in `gateway.components` the module
-below is imported when it is installed and its `run(ctx)` coroutine runs until
-`ctx.stopping` is set.
-
-    ledger  gateway.ledger.service     ocpp  ocpp_cs.service     market  gateway.market.service
-
-`ctx` carries config (dict from gateway.config.load), db_path, community, log,
-stopping (asyncio.Event), ocpp ("HOST:PORT" from --ocpp, or None) and hooks:
-    hooks["interval_closed"]: list of callables(intervals) called when intervals of
-        any device close (intervals as returned by gateway.ingest.intervals.closed_intervals);
-    hooks["publish"]: async callable(topic, payload, qos=1, retain=False) on the
-        gateway's MQTT connection (raises when disconnected).
-SIGTERM/SIGINT set `stopping`: the components return first (the MQTT session and
-the store are still there for them), then the batch in hand is committed and
-acknowledged, and the process exits 0. A component that fails stops the
-service with exit status 1 (systemd restarts it); nothing is acknowledged that was
-not committed, so a crash at any point loses nothing a device still holds.
+`intervals.tick_s`), a status heartbeat for `egs-gw status`, and the plug-in components:
+for each name in `gateway.components` (COMPONENTS) the module is imported when it is
+installed and its `run(ctx)` coroutine (ctx: Context) runs until `ctx.stopping` is set.
 """
 import asyncio
 import importlib
@@ -48,6 +39,15 @@ COMPONENT_SETTINGS = (
 
 
 class Context:
+    """What a component's run(ctx) gets: config (dict from gateway.config.load), db_path,
+    community, log, stopping (asyncio.Event), ocpp ("HOST:PORT" from --ocpp, or None) and
+    hooks:
+        hooks["interval_closed"]: list of callables(intervals) called when intervals of
+            any device close (intervals as returned by gateway.ingest.intervals.closed_intervals);
+        hooks["publish"]: async callable(topic, payload, qos=1, retain=False) on the
+            gateway's MQTT connection (raises when disconnected).
+    """
+
     def __init__(self, config, db_path, community, log, ocpp=None):
         self.config = config
         self.db_path = db_path
@@ -56,6 +56,8 @@ class Context:
         self.ocpp = ocpp
         self.stopping = asyncio.Event()
         self.hooks = {"interval_closed": []}
+        # per component a small dict for `egs-gw status`: {"ok": bool, ...}; the heartbeat writes it
+        self.health = {}
 
 
 def declare_sections():
@@ -116,6 +118,7 @@ async def serve(cfg, ocpp=None, log=None):
     parts = set()
     for name, mod in components:
         log.info("starting component %s", name)
+        ctx.health[name] = {"ok": True}
         parts.add(loop.create_task(mod.run(ctx), name=name))
     status = 0
     try:

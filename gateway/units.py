@@ -4,6 +4,11 @@ Amounts are integers from the wire to the database (EEA base units, 18 decimals;
 text becomes one here, at the edge, exactly or not at all: never through a float or a
 rounding Decimal context. Input may be hostile (CLI, config, web form), so the digits
 are bounded before any arithmetic: "1e999999999" is an error, not a giant integer.
+
+One rule for what people type (CLI options and config values): a bare number is EEA
+(prices: EEA per kWh; energy: Wh unless 'kWh' is written); base units only with the
+suffix 'base' (or 'wei'): '25' = '25 EEA' = '25000000000000000000 base'. Programs pass
+ints, which are base units.
 """
 import re
 
@@ -21,11 +26,14 @@ MAX_PRICE = 10**40 - 1
 # as SQLite integers (at most 2**63 - 1); this refuses the absurd before it gets there.
 MAX_WH = 10**12
 
-_UNITS = {"eea": EEA_DECIMALS, "kwh": 3, "wh": 0}  # unit → its power of ten over the integer
+_UNITS = {"eea": EEA_DECIMALS, "kwh": 3, "wh": 0, "base": 0, "wei": 0}  # unit → power of ten
 _BARE = {"base": 0, "eea": EEA_DECIMALS}
 _DECIMAL = re.compile(r"([0-9]*)(?:\.([0-9]*))?(?:e([+-]?[0-9]+))?")
-_PRICE_HINT = "base units per kWh as digits, or decimal EEA per kWh like '0.55 EEA'"
-_EEA_HINT = "base units as digits, or a decimal followed by EEA"
+_PRICE_HINT = "decimal EEA per kWh like '0.55' or '0.55 EEA', or base units like '550000000000000000 base'"
+_EEA_HINT = "decimal EEA like '25' or '25 EEA', or base units like '25000000000000000000 base'"
+_MONEY_UNITS = ("eea", "base", "wei")
+# above this a money-moving command asks first (`confirm_amount`); --yes skips the question
+CONFIRM_ABOVE = 100 * EEA
 
 
 class UnitError(ValueError):
@@ -106,14 +114,35 @@ def _scaled(whole, frac, exp, scale, max_digits):
 def parse_eea(value, *, bare, minimum=0, maximum=EEA_SUPPLY):
     """An EEA amount in base units: '1.5 EEA' → 15·10**17. A number without the unit is
     base units (`bare="base"`) or EEA (`bare="eea"`): every caller says which."""
-    return _parse(value, what="EEA amount", hint=_EEA_HINT, units=("eea",), bare=_BARE[bare],
-                  minimum=minimum, maximum=maximum)
+    return _bare_checked(value, bare, EEA_SUPPLY, lambda: _parse(
+        value, what="EEA amount", hint=_EEA_HINT, units=_MONEY_UNITS, bare=_BARE[bare],
+        minimum=minimum, maximum=maximum))
 
 
 def parse_price(value, *, bare, minimum=1, maximum=MAX_PRICE):
     """A price in EEA base units per kWh: '0.55 EEA' → 55·10**16; `bare` as in parse_eea."""
-    return _parse(value, what="price", hint=_PRICE_HINT, units=("eea",), bare=_BARE[bare],
-                  minimum=minimum, maximum=maximum)
+    return _bare_checked(value, bare, EEA_SUPPLY, lambda: _parse(
+        value, what="price", hint=_PRICE_HINT, units=_MONEY_UNITS, bare=_BARE[bare],
+        minimum=minimum, maximum=maximum))
+
+
+def _bare_checked(value, bare, most, parse):
+    """A bare number read as EEA that exceeds the whole supply was almost surely meant
+    as base units (the old spelling): refused, saying how to write base units."""
+    try:
+        number = parse()
+    except UnitError as e:
+        number, error = None, e
+    plain = isinstance(value, str) and bare == "eea" and \
+        not value.strip().lower().endswith(_MONEY_UNITS)
+    if plain and (number is None and "too large" in str(error) or number is not None and number > most):
+        text = value.strip()
+        example = f" ('{text} base')" if len(text) <= 40 else ""
+        raise UnitError(f"{_show(value)} is more than all 700,000,000 EEA: a bare number is EEA; "
+                        f"write base units with the suffix 'base'{example}")
+    if number is None:
+        raise error
+    return number
 
 
 def parse_wh(value, *, minimum=1, maximum=MAX_WH):
@@ -137,6 +166,11 @@ def format_eea(units, unit=True):
     frac_text = f"{frac:0{EEA_DECIMALS}d}".rstrip("0")
     text = f"{sign}{whole}.{frac_text}" if frac_text else f"{sign}{whole}"
     return f"{text} EEA" if unit else text
+
+
+def describe_eea(units):
+    """'25 EEA (25000000000000000000 base units)': what a command is about to move."""
+    return f"{format_eea(units)} ({units} base units)"
 
 
 def format_price(units):
@@ -167,14 +201,14 @@ class _UnitType(click.ParamType):
 
 
 class EeaType(_UnitType):
-    """`type=EeaType(bare="base")`: an EEA amount in base units."""
+    """`type=EeaType(bare="eea")`: an EEA amount in base units."""
 
     name = "EEA"
     parse = staticmethod(parse_eea)
 
 
 class PriceType(_UnitType):
-    """`type=PriceType(bare="base")`: a price in EEA base units per kWh."""
+    """`type=PriceType(bare="eea")`: a price in EEA base units per kWh."""
 
     name = "PRICE"
     parse = staticmethod(parse_price)

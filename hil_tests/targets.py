@@ -1,37 +1,13 @@
 """The target layer of the hardware-in-the-loop suite: the same handles on the emulator and
 on a bench with a real ESP32, so the tests never ask which one they have.
 
-    bench.device    the metering device, reached over its serial console with pyserial:
-                    sim   the real firmware under the MicroPython unix port, its console
-                          on a pseudo-terminal (pyserial opens the slave, the firmware has
-                          the master), power cycle = SIGKILL and start again;
-                    esp32 the board on --port (USB serial), power cycle = the EN line
-                          pulled low through the adapter's RTS (the auto-reset circuit).
-    bench.meter     sim: MeterEmulator (pymodbus) on a pty link to the firmware;
-                    esp32: MeterEmulator on the USB RS-485 adapter at --meter-port, or,
-                    without it, a real meter on the bus (no control: tests that must
-                    change what the meter says skip).
-    bench.stack     the same on both targets, built by sim/stack.py as for the demo:
-                    .broker, a real mosquitto configured by `egs-gw broker config`
-                    (per-device credentials and ACL), stop()/start() for outages;
-                    .gateway, `egs-gw run` as a subprocess with a generated config (ingest,
-                    intervals, ledger on Anvil, the OCPP central system on --ocpp);
-                    .anvil with the WATT/EEA contracts deployed by `egs-gw ledger deploy`,
-                    .chain() reads them, .deposit() prepays EEA on chain; .gw(…) runs
-                    `egs-gw` on the bench's config.
-    bench.charger   sim (and esp32 without --charger-id): the charge point emulator of
-                    sim/charger.py; with --charger-id: a real charger pointed at the central
-                    system (tests that must drive it skip).
-
-Time. The gateway settles fixed 15-minute intervals (gateway/ingest/intervals.py, LENGTH_S) and
-neither it nor the ledger has a clock option. An interval closes when the device signs a
-reading at or after its end, which the firmware always does at a quarter hour. On the
-emulator the device's clock is set back (the unix HAL's time offset, DeviceProcess
-time_offset_ms; the same across power cycles, like a real-time clock) so that a quarter
-hour falls `CROSSING_S` seconds after it is powered up: its readings are then a few
-minutes old when they arrive, which the gateway accepts, and the interval is settled at
-once. A real board keeps NTP time: the suite waits for the next real quarter hour (up to
-16 minutes).
+`Bench` holds them: .device (the real firmware under the MicroPython unix port on a
+pseudo-terminal, or the board on --port), .meter (MeterEmulator, or a real meter on the
+bus, without control), .stack (broker, gateway and ledger built by sim/stack.py as for the
+demo, the same on both targets) and .charger (the emulator of sim/charger.py, or a real
+charger with --charger-id). What each is on each target, and how a 15-minute interval is
+made to close (CROSSING_S on the emulator, the next real quarter hour on a board):
+docs/hil.md.
 
 Every process is started in its own process group through sim.services, put on the
 stack's stop list, and stopped by Bench.stop() (and at interpreter exit), whatever a test
@@ -438,7 +414,15 @@ class ExternalCharger:
 
 class Bench:
     """Everything the suite runs against, started once per session: the stack (sim/stack.py)
-    and the target's device, meter and charger around it."""
+    and the target's device, meter and charger around it.
+
+    bench.stack: .broker, a real mosquitto configured by `egs-gw broker config` (per-device
+    credentials and ACL), stop()/start() for outages; .gateway, `egs-gw run` as a
+    subprocess with a generated config (ingest, intervals, ledger on Anvil, the OCPP central
+    system on --ocpp); .anvil with the WATT/EEA contracts deployed by `egs-gw ledger deploy`;
+    .chain() reads them, .deposit() prepays EEA on chain; .gw(…) runs `egs-gw` on the
+    bench's config.
+    """
 
     def __init__(self, opts, workdir):
         self.opts = opts

@@ -8,12 +8,17 @@ event loop never stalls on it.
 
 A charger reconnects often (network blips, reboots). `VerifiedCache` remembers,
 per charger, an HMAC of the last password that verified against the current
-hash, keyed by a random per-process secret: a correct reconnect costs one HMAC;
-a wrong password always pays the full scrypt.
+hash, keyed by a random per-process secret: a correct reconnect costs one HMAC.
+A changed password is a new hash, which the HMAC covers, so the old entry no
+longer matches. Wrong passwords are rationed by `Throttle` (token buckets per
+remote network and per charger id): a few free, then refused (HTTP 429) before
+any scrypt runs, so guessing costs the guesser time, not the gateway CPU.
 """
 import base64
 import hashlib
 import hmac
+import ipaddress
+import math
 import os
 import secrets
 
@@ -99,3 +104,78 @@ class VerifiedCache:
 
     def forget(self, charger_id):
         self._ok.pop(charger_id, None)
+
+
+# password checks a remote network or a charger id may fail at once, and how fast they
+# come back (one every AUTH_REFILL_S): about 6 guesses a minute after the first 5
+AUTH_BURST = 5
+AUTH_REFILL_S = 10.0
+
+
+def network_of(host):
+    """The key a remote host is throttled under: the IPv4 address, or the IPv6 /64."""
+    try:
+        addr = ipaddress.ip_address(str(host).split("%")[0])
+    except ValueError:
+        return str(host)
+    if addr.version == 4:
+        return str(addr)
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+
+
+class Throttle:
+    """Token buckets that ration password checks, with bounded memory.
+
+    `wait(keys, now)` → None when every key's bucket holds a token, else the seconds
+    until one is back. `take(keys, now)` spends one from each (a bucket may go into
+    debt, down to −burst, so hammering keeps it empty); `refund` gives it back. The
+    server takes the charger id's token before scrypt runs (concurrent guesses at one
+    id cannot overrun it) and refunds it when the password was right; the remote
+    address pays only for failures, so many chargers behind one address may log in
+    at once. At most `max_keys` buckets are kept; beyond that the ones that have
+    filled up again go first, then the oldest.
+    """
+
+    def __init__(self, burst=AUTH_BURST, refill_s=AUTH_REFILL_S, max_keys=10_000):
+        self.burst = burst
+        self.refill_s = refill_s
+        self.max_keys = max_keys
+        self._buckets = {}          # key -> [tokens, at]
+
+    def _level(self, key, now):
+        entry = self._buckets.get(key)
+        if entry is None:
+            return float(self.burst)
+        return min(float(self.burst), entry[0] + (now - entry[1]) / self.refill_s)
+
+    def wait(self, keys, now):
+        short = [self._level(k, now) for k in keys if self._level(k, now) < 1.0]
+        if short:
+            return max(1, math.ceil((1.0 - min(short)) * self.refill_s))
+        return None
+
+    def take(self, keys, now):
+        for key in keys:
+            level = self._level(key, now)
+            self._buckets.pop(key, None)        # re-inserted last: dict order is age
+            self._buckets[key] = [max(-float(self.burst), level - 1.0), now]
+        if len(self._buckets) > self.max_keys:
+            self._prune(now)
+
+    def refund(self, keys, now):
+        for key in keys:
+            entry = self._buckets.get(key)
+            if entry is not None:
+                entry[0] = min(float(self.burst), self._level(key, now) + 1.0)
+                entry[1] = now
+
+    def _prune(self, now):
+        for key in [k for k in self._buckets if self._level(k, now) >= self.burst]:
+            del self._buckets[key]
+        while len(self._buckets) > self.max_keys:
+            del self._buckets[next(iter(self._buckets))]
+
+    def __len__(self):
+        return len(self._buckets)

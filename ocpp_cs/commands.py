@@ -17,9 +17,17 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway import accounts
-from gateway.cliutil import UserError, common_options
+from gateway.cliutil import (
+    OneLineGroup,
+    Seconds,
+    UserError,
+    common_options,
+    confirm,
+    secret_option,
+)
 from gateway.db import transaction
-from gateway.units import format_eea, parse_eea, parse_price
+from gateway.ledger.commands import confirm_amount
+from gateway.units import CONFIRM_ABOVE, EEA, describe_eea, format_eea, parse_eea, parse_price
 from ocpp_cs import auth, store
 from ocpp_cs.settings import Settings
 
@@ -75,23 +83,28 @@ def _charger_dict(conn, row):
 
 # ---------------------------------------------------------------- charger
 
-@click.group("charger")
+@click.group("charger", cls=OneLineGroup)
 def charger():
     """Charge points: register, inspect, and send them OCPP commands."""
 
 
 @charger.command("add")
 @click.option("--id", "charger_id", required=True, help="chargeBoxId (the URL's last part).")
-@click.option("--password", required=True, help="Basic auth password (8..64 characters).")
+@click.option("--password-file", type=str, default=None,
+              help="File holding the Basic auth password (8..64 characters), - for stdin; "
+                   "asked for on a terminal when not given.")
+@click.option("--password", default=None,
+              help="The password itself (visible in shell history and ps; warned about).")
 @click.option("--owner", default=None, help="Station owner's address (receives the fee).")
 @click.option("--fee", default="0", show_default=True,
-              help="Service fee per kWh: EEA base units, or e.g. '0.05EEA'.")
+              help="Service fee per kWh in EEA ('0.05'); base units need 'base'.")
 @click.option("--meter-key", default=None,
               help="The charger's meter public key (hex SEC1, DER or PEM) for OCMF verification.")
 @common_options
-def charger_add(app, charger_id, password, owner, fee, meter_key):
+def charger_add(app, charger_id, password_file, password, owner, fee, meter_key):
     """Register a charger (or complete one that waits as Pending)."""
-    fee_units = parse_price(fee, bare="base", minimum=0)
+    password = secret_option(password, password_file, "--password", required=True)
+    fee_units = parse_price(fee, bare="eea", minimum=0)
     if fee_units and not owner:
         raise UserError("--fee needs --owner (who receives the fee)")
     key = _load_meter_key(meter_key)
@@ -107,20 +120,24 @@ def charger_add(app, charger_id, password, owner, fee, meter_key):
 
 @charger.command("set")
 @click.option("--id", "charger_id", required=True)
-@click.option("--password", default=None)
+@click.option("--password-file", type=str, default=None,
+              help="File holding the new password, - for stdin (asked for on a terminal).")
+@click.option("--password", default=None,
+              help="The new password itself (visible in shell history and ps; warned about).")
 @click.option("--owner", default=None)
 @click.option("--fee", default=None)
 @click.option("--meter-key", default=None)
 @common_options
-def charger_set(app, charger_id, password, owner, fee, meter_key):
+def charger_set(app, charger_id, password_file, password, owner, fee, meter_key):
     """Change a charger's password, owner, fee or meter key."""
+    password = secret_option(password, password_file, "--password")
     fields = {}
     if password is not None:
         fields["password_hash"] = auth.hash_password(password)
     if owner is not None:
         fields["owner"] = owner
     if fee is not None:
-        fields["fee_per_kwh"] = parse_price(fee, bare="base", minimum=0)
+        fields["fee_per_kwh"] = parse_price(fee, bare="eea", minimum=0)
     if meter_key is not None:
         fields["meter_key"] = _load_meter_key(meter_key)
     if not fields:
@@ -169,6 +186,25 @@ def charger_show(app, charger_id):
     app.emit(d, human)
 
 
+@charger.command("remove")
+@click.option("--id", "charger_id", required=True)
+@click.option("--force", is_flag=True, help="Remove it even with active sessions (they stay, for review).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts).")
+@common_options
+def charger_remove(app, charger_id, force, yes):
+    """Remove a charger: it can no longer connect. Its sessions and events are kept."""
+    conn = app.conn(must_exist=True)
+    store.init(conn)
+    if store.get_charger(conn, charger_id) is None:
+        raise UserError(f"unknown charger {charger_id}")
+    confirm(yes, f"remove charger {charger_id} (it can no longer connect)?")
+    with transaction(conn):
+        active = store.remove_charger(conn, charger_id, force=force)
+    app.emit({"id": charger_id, "removed": True, "active_sessions": active},
+             lambda d: console.print(f"charger {charger_id} removed"
+                                     + (f"; {active} active session(s) kept for review" if active else "")))
+
+
 def _wait_command(app, charger_id, action, payload, timeout):
     conn = _conn(app)
     with transaction(conn):
@@ -177,26 +213,36 @@ def _wait_command(app, charger_id, action, payload, timeout):
         cid = store.queue_command(conn, charger_id, action, payload)
     deadline = time.monotonic() + timeout
     claimed = False
-    while True:
-        row = store.get_command(conn, cid)
-        if row["state"] in ("done", "failed"):
-            break
-        if time.monotonic() > deadline:
-            if claimed:
-                # taken but never finished: the service stopped or died during the call
-                raise UserError(f"{action} to {charger_id}: the central system took command "
-                                f"{cid} but recorded no answer (did it stop?)")
-            with transaction(conn):
-                expired = store.expire_command(conn, cid)
-            if expired:
-                raise UserError(f"no central system took the command in {timeout:g} s "
-                                "(is `egs-gw run --ocpp HOST:PORT` running on this database?)")
-            claimed = True  # it is being sent: wait as long as the service waits for the charger
-            deadline = time.monotonic() + _settings(app).call_timeout + 5
-        time.sleep(0.1)
+    try:
+        while True:
+            row = store.get_command(conn, cid)
+            if row["state"] in ("done", "failed"):
+                break
+            if time.monotonic() > deadline:
+                if claimed:
+                    # taken but never finished: the service stopped or died during the call
+                    raise UserError(f"{action} to {charger_id}: the central system took command "
+                                    f"{cid} but recorded no answer (did it stop?)")
+                with transaction(conn):
+                    expired = store.expire_command(conn, cid)
+                if expired:
+                    raise UserError(f"no central system took the command in {timeout:g} s "
+                                    "(is `egs-gw run --ocpp HOST:PORT` running on this database?)")
+                claimed = True  # being sent: wait as long as the service waits for the charger
+                deadline = time.monotonic() + _settings(app).call_timeout + 5
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        # not sent later by surprise, and a secret in it (AuthorizationKey) is not kept
+        with transaction(conn):
+            store.expire_command(conn, cid)
+        raise
     if row["state"] == "failed":
         raise UserError(f"{action} to {charger_id}: {row['error']}")
     return json.loads(row["result"]) if row["result"] else {}
+
+
+# a charger's answers that mean "not done": the answer is printed, the exit status is 1
+REFUSED = {"Rejected", "NotSupported", "NotImplemented", "Failed", "UnlockFailed"}
 
 
 def _command(action, build, human_key="status"):
@@ -204,14 +250,15 @@ def _command(action, build, human_key="status"):
     def run(app, charger_id, timeout, **kw):
         result = _wait_command(app, charger_id, action, build(**kw), timeout)
         app.emit(result, lambda d: console.print(
-            f"{charger_id}: {action} → {d.get(human_key, json.dumps(d))}"))
+            f"{charger_id}: {action} → {d.get(human_key, json.dumps(d))}"),
+            ok=result.get(human_key) not in REFUSED)
     return run
 
 
 def _charger_command(name, help_text):
     def deco(fn):
         fn = common_options(fn)
-        fn = click.option("--timeout", default=40.0, show_default=True,
+        fn = click.option("--timeout", default=40.0, show_default=True, type=Seconds(),
                           help="Seconds to wait for the answer.")(fn)
         fn = click.option("--id", "charger_id", required=True)(fn)
         return charger.command(name, help=help_text)(fn)
@@ -281,7 +328,7 @@ def charger_config():
 
 @charger_config.command("get")
 @click.option("--id", "charger_id", required=True)
-@click.option("--timeout", default=40.0, show_default=True)
+@click.option("--timeout", default=40.0, show_default=True, type=Seconds())
 @click.argument("keys", nargs=-1)
 @common_options
 def charger_config_get(app, charger_id, timeout, keys):
@@ -299,7 +346,7 @@ def charger_config_get(app, charger_id, timeout, keys):
 
 @charger_config.command("set")
 @click.option("--id", "charger_id", required=True)
-@click.option("--timeout", default=40.0, show_default=True)
+@click.option("--timeout", default=40.0, show_default=True, type=Seconds())
 @click.argument("key")
 @click.argument("value")
 @common_options
@@ -307,12 +354,13 @@ def charger_config_set(app, charger_id, timeout, key, value):
     """Change one configuration key."""
     result = _wait_command(app, charger_id, "ChangeConfiguration",
                            {"key": key, "value": value}, timeout)
-    app.emit(result, lambda d: console.print(f"{charger_id}: {key} → {d['status']}"))
+    app.emit(result, lambda d: console.print(f"{charger_id}: {key} → {d['status']}"),
+             ok=result.get("status") not in REFUSED)
 
 
 # ---------------------------------------------------------------- account
 
-@click.group("account")
+@click.group("account", cls=OneLineGroup)
 def account():
     """Prepaid EV accounts: idTags and their EEA balance."""
 
@@ -380,25 +428,115 @@ def account_show(app, id_tag):
     app.emit(d, human)
 
 
+@account.command("deposit")
+@click.argument("target", metavar="IDTAG|ADDRESS")
+@click.argument("amount")
+@click.option("--from-key", "from_key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Keystore of the wallet that pays (default: the gateway's ledger.keystore).")
+@click.option("--password-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Its password (default: ledger.password_file / ledger.password_env).")
+@click.option("--timeout", default=120.0, show_default=True, type=Seconds(),
+              help="How long to wait for each transaction to be mined.")
+@click.option("--yes", is_flag=True, help=f"Do not ask above {CONFIRM_ABOVE // EEA} EEA (scripts).")
+@common_options
+def account_deposit(app, target, amount, from_key, password_file, timeout, yes):
+    """Prepay AMOUNT EEA (a bare number is EEA; 'N base' for base units) into the escrow of
+    IDTAG's account (or of ADDRESS) on chain: EEA.approve if needed, then WATT.depositFor
+    from a funded wallet. The book counts it once, the way the ledger worker does."""
+    from gateway.ledger import keystore, outbox
+    from gateway.ledger import tables as ledger_tables
+    from gateway.ledger.chain import Chain
+    from gateway.ledger.settings import Settings as LedgerSettings
+    from gateway.ledger.worker import DEPOSIT_REASON
+
+    units = parse_eea(amount, bare="eea")
+    if units <= 0:
+        raise UserError("AMOUNT must be positive")
+    conn = _conn(app)
+    ledger_tables.init(conn)
+    if target.lower().startswith("0x"):
+        row, address = None, accounts.normalize_address(target)
+        if address == "0x" + "00" * 20:
+            raise UserError("cannot deposit for the zero address")
+    else:
+        row = _id_tag_row(conn, target)
+        address = row["address"]
+    ls = LedgerSettings(app.config)
+    password = keystore.read_password(password_file or ls.password_file, None if password_file else ls.password_env)
+    signer = keystore.load(from_key or ls.keystore, password)
+    who = f"idTag {row['id_tag']} ({address})" if row else address
+    confirm_amount(app, yes, f"depositing {describe_eea(units)} to {who} from {signer.address.lower()}", units)
+    chain = Chain.from_settings(ls)
+    chain.check()
+    stored = outbox.max_nonce(conn, signer.address.lower())
+    tx_hash, block, events = chain.deposit_for(signer, address, units, ls.max_fee_wei,
+                                               min_nonce=0 if stored is None else stored + 1, timeout_s=timeout)
+    posted = False
+    if block <= chain.block_number() - ls.confirmations:
+        # deep enough for the worker's deposit scan: post it now under the same reason and
+        # reference the scan uses, so the scan finds it already there and adds nothing
+        with transaction(conn):
+            for ref, account_, value in events:
+                posted |= accounts.post(conn, [(account_, "EEA", value)], DEPOSIT_REASON, ref)
+    d = {"id_tag": row["id_tag"] if row else None, "address": address, "amount": str(units),
+         "from": signer.address.lower(), "tx_hash": tx_hash, "block": block, "posted": posted,
+         "eea": str(accounts.balance(conn, address, "EEA"))}
+    app.emit(d, lambda d: console.print(
+        f"deposited {format_eea(units)} for {who} in {tx_hash} (block {block}); "
+        + (f"balance {format_eea(d['eea'])}" if posted else
+           f"the ledger worker posts it once {ls.confirmations} block(s) deep")))
+
+
 @account.command("credit")
 @click.option("--id-tag", required=True)
-@click.option("--amount", required=True, help="EEA base units, or e.g. '25EEA'.")
-@click.option("--ref", default="", help="Deposit reference; the same ref is credited once.")
+@click.option("--amount", required=True, help="EEA ('25' or '25 EEA'); base units need 'base'.")
+@click.option("--ref", default="", help="Credit reference; the same ref is credited once.")
+@click.option("--yes", is_flag=True, help=f"Do not ask above {CONFIRM_ABOVE // EEA} EEA (scripts).")
 @common_options
-def account_credit(app, id_tag, amount, ref):
-    """Record a prepaid EEA deposit in the balance book (no tokens move)."""
-    units = parse_eea(amount, bare="base")
+def account_credit(app, id_tag, amount, ref, yes):
+    """Book-only goodwill credit (no tokens move; never withdrawable on chain), bounded by
+    ocpp.goodwill_max_per_account and ocpp.goodwill_max_total; `account debit` reverses it.
+    Real prepayment is `account deposit`."""
+    from ocpp_cs.store.id_tags import goodwill_credit
+
+    units = parse_eea(amount, bare="eea")
     if units <= 0:
         raise UserError("--amount must be positive")
+    settings = _settings(app)
     conn = _conn(app)
     row = _id_tag_row(conn, id_tag)
+    confirm_amount(app, yes, f"crediting {describe_eea(units)} to idTag {row['id_tag']} ({row['address']})", units)
     with transaction(conn):
-        applied = accounts.post(conn, [(row["address"], "EEA", units)], "ocpp_prepaid", ref)
+        applied = goodwill_credit(conn, row["address"], units, ref, settings.goodwill_max_per_account,
+                                  settings.goodwill_max_total)
     d = _account_dict(conn, row)
     d["applied"] = applied
     app.emit(d, lambda d: console.print(
         (f"credited {format_eea(units)}" if applied else f"ref {ref!r} was already credited")
         + f"; balance {format_eea(d['eea'])}"))
+
+
+@account.command("debit")
+@click.option("--id-tag", required=True)
+@click.option("--amount", required=True, help="EEA ('25' or '25 EEA'); base units need 'base'.")
+@click.option("--note", required=True, help="Why (kept with the entry).")
+@click.option("--yes", is_flag=True, help=f"Do not ask above {CONFIRM_ABOVE // EEA} EEA (scripts).")
+@common_options
+def account_debit(app, id_tag, amount, note, yes):
+    """Reverse (part of) a goodwill credit: at most what is outstanding, never below zero."""
+    from ocpp_cs.store.id_tags import goodwill_reverse
+
+    units = parse_eea(amount, bare="eea")
+    if units <= 0:
+        raise UserError("--amount must be positive")
+    conn = _conn(app)
+    row = _id_tag_row(conn, id_tag)
+    confirm_amount(app, yes, f"taking back {describe_eea(units)} of goodwill credit from idTag "
+                   f"{row['id_tag']} ({row['address']})", units)
+    with transaction(conn):
+        goodwill_reverse(conn, row["address"], units, note)
+    d = _account_dict(conn, row)
+    app.emit(d, lambda d: console.print(f"reversed {format_eea(units)}; balance {format_eea(d['eea'])}"))
 
 
 @account.command("block")
@@ -412,6 +550,27 @@ def account_block(app, id_tag, unblock):
         store.set_id_tag_status(conn, id_tag, "active" if unblock else "blocked")
         row = store.get_id_tag(conn, id_tag)
     app.emit(_account_dict(conn, row), lambda d: console.print(f"idTag {id_tag}: {d['status']}"))
+
+
+@account.command("remove")
+@click.option("--id-tag", required=True)
+@click.option("--force", is_flag=True, help="Remove it even with active sessions or a balance "
+              "(the balance stays in the book under its address).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts).")
+@common_options
+def account_remove(app, id_tag, force, yes):
+    """Remove an idTag: it is no longer accepted. Its sessions and balance book are kept."""
+    conn = app.conn(must_exist=True)
+    store.init(conn)
+    row = _id_tag_row(conn, id_tag)
+    confirm(yes, f"remove idTag {row['id_tag']} (it is no longer accepted)?")
+    with transaction(conn):
+        active, eea = store.remove_id_tag(conn, id_tag, force=force)
+    app.emit({"id_tag": row["id_tag"], "address": row["address"], "removed": True,
+              "active_sessions": active, "eea": str(eea)},
+             lambda d: console.print(f"idTag {d['id_tag']} removed"
+                                     + (f"; balance {format_eea(d['eea'])} kept under {d['address']}"
+                                        if eea else "")))
 
 
 # ---------------------------------------------------------------- session
@@ -431,7 +590,7 @@ def _sessions_table(rows):
          s["review_reason"]) for s in rows])
 
 
-@click.group("session")
+@click.group("session", cls=OneLineGroup)
 def session():
     """Charging sessions (OCPP transactions) and their settlement."""
 
@@ -498,7 +657,7 @@ def session_settle(app, transaction_id, energy_wh, note):
     d = _session_dict(tx)
     app.emit(d, lambda d: console.print(
         f"transaction {transaction_id}: {outcome}"
-        + (f" ({d['review_reason']})" if outcome == "review" else "")))
+        + (f" ({d['review_reason']})" if outcome == "review" else "")), ok=outcome != "review")
 
 
 @session.command("void")
@@ -512,6 +671,38 @@ def session_void(app, transaction_id, note):
         store.void(conn, transaction_id, note)
         tx = store.get_transaction(conn, transaction_id)
     app.emit(_session_dict(tx), lambda d: console.print(f"transaction {transaction_id}: void"))
+
+
+@session.command("close")
+@click.argument("transaction_id", type=int)
+@click.option("--note", required=True, help="Why (kept with the session).")
+@click.option("--yes", is_flag=True, help="Close it without asking.")
+@common_options
+def session_close(app, transaction_id, note, yes):
+    """Force-close an active session its charger never stopped: bill it (once) up to the
+    last meter value received."""
+    from ocpp_cs.store import billing
+
+    settings = _settings(app, need_settlement=True)
+    conn = _conn(app)
+    tx = store.get_transaction(conn, transaction_id)
+    if tx is None:
+        raise UserError(f"unknown transaction {transaction_id}")
+    if tx["state"] != "active":
+        raise UserError(f"transaction {transaction_id} is {tx['state']}, not active")
+    if not yes:
+        wh, ts = billing.last_register(conn, tx)
+        click.confirm(f"close transaction {transaction_id} ({tx['charger_id']} connector "
+                      f"{tx['connector_id']}, idTag {tx['id_tag']}, started {tx['start_ts']}) "
+                      f"with {wh - tx['meter_start']} Wh, up to the meter value of {ts}?",
+                      abort=True, err=True)
+    with transaction(conn):
+        outcome = billing.force_close(conn, transaction_id, note, settings,
+                                      store.configured_price(settings.price_per_kwh))
+        tx = store.get_transaction(conn, transaction_id)
+    app.emit(_session_dict(tx), lambda d: console.print(
+        f"transaction {transaction_id}: force-closed, {outcome}"
+        + (f" ({d['review_reason']})" if outcome == "review" else "")))
 
 
 COMMANDS = [charger, account, session]

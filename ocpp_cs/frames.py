@@ -6,10 +6,13 @@ Payloads are checked against the library's official OCPP 1.6 schemas, in and out
 A CALLRESULT or CALLERROR nobody waits for cannot be answered (OCPP-J answers only
 CALLs): it is logged and dropped. A frame whose uniqueId cannot be read is answered
 with uniqueId "-1". `FramedChargePoint` does this for `handlers.CSChargePoint`,
-which holds only the handlers.
+which holds only the handlers. Frames are logged at DEBUG, never INFO, through
+`RedactingLog`: idTags masked, secret configuration values (AuthorizationKey)
+replaced, whatever level the operator turns on.
 """
 import json
 import logging
+import re
 
 from jsonschema.exceptions import best_match
 from ocpp.charge_point import (
@@ -37,6 +40,7 @@ from ocpp.v16.enums import Action
 from websockets.exceptions import ConnectionClosed
 
 from ocpp_cs.ocpp_adapter import ChargePoint
+from ocpp_cs.store.command_queue import REDACTED, SECRET_KEY
 
 # The CALLERROR for each fault:
 #   not JSON, or > MAX_BRACKETS arrays/objects       → FormationViolation
@@ -69,7 +73,49 @@ SCHEMA_ERRORS = {
 # the C JSON decoder follows down the C stack (a crash where the recursion limit is raised)
 MAX_BRACKETS = 5000
 
-quiet = logging.getLogger("ocpp_cs.frames")  # the library logs every frame at INFO
+def mask_id_tag(id_tag):
+    """An idTag fit for a log line: its first two characters and its length."""
+    id_tag = str(id_tag)
+    return f"{id_tag[:2]}…({len(id_tag)})"
+
+
+_SECRET = SECRET_KEY.pattern
+_ID_TAG = re.compile(r'("id_?[tT]ag"\s*:\s*")([^"\\]*)')
+_KEY_VALUE = re.compile(r'("key"\s*:\s*"[^"]*(?:' + _SECRET + r')[^"]*"\s*,\s*"value"\s*:\s*")'
+                        r'([^"\\]*)', re.IGNORECASE)
+_VALUE_KEY = re.compile(r'("value"\s*:\s*")([^"\\]*)("\s*,\s*"key"\s*:\s*"[^"]*(?:'
+                        + _SECRET + r'))', re.IGNORECASE)
+
+
+def redact_text(text):
+    """A log line with idTags masked and secret configuration values replaced."""
+    text = _ID_TAG.sub(lambda m: m.group(1) + mask_id_tag(m.group(2)), text)
+    text = _KEY_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
+    return _VALUE_KEY.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
+
+
+class RedactingLog(logging.LoggerAdapter):
+    """A logger for code that logs whole frames (the ocpp library, websockets): each
+    line redacted (`redact_text`), and with `demote` its INFO lines logged at DEBUG."""
+
+    def __init__(self, logger, demote=False):
+        super().__init__(logger, {})
+        self.demote = demote
+
+    def log(self, level, msg, *args, **kwargs):
+        if self.demote and level == logging.INFO:
+            level = logging.DEBUG
+        if not self.logger.isEnabledFor(level):
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):
+            text = " ".join(map(str, (msg, *args)))
+        self.logger.log(level, "%s", redact_text(text), **kwargs)
+
+
+# the library logs every frame at INFO: here at DEBUG, redacted
+quiet = RedactingLog(logging.getLogger("ocpp_cs.frames"), demote=True)
 
 
 def validate(message_type_id, action, payload):
@@ -144,10 +190,11 @@ class FramedChargePoint(ChargePoint):
                 (len(frame) in (4, 5) and isinstance(frame[2], str))
             if not shape_ok or uid == "-1":
                 self.log.warning("%s: malformed CALLRESULT/CALLERROR dropped: %.200s",
-                                 self.id, raw)
+                                 self.id, redact_text(raw))
                 return
             if not self.awaiting_answer():
-                self.log.warning("%s: answer to no outstanding call dropped: %.200s", self.id, raw)
+                self.log.warning("%s: answer to no outstanding call dropped: %.200s", self.id,
+                                 redact_text(raw))
                 return
             msg = CallResult(uid, frame[2]) if type_id == 3 else \
                 CallError(uid, frame[2], frame[3], frame[4] if len(frame) > 4 else {})

@@ -4,6 +4,8 @@ One method per action, marked `@on(Action.X)`, named and shaped like the spec:
 it gets the payload as snake_case keyword arguments (already checked against the
 schema by `frames.py`), hands the work to the store through the database worker,
 and returns the answer. Decisions live in `ocpp_cs/store/`, not here.
+idTags appear in logs masked (`mask_id_tag`); MeterValues rows are rationed per
+charger (`WriteQuota`): beyond the quota they are answered but not stored.
 """
 import json
 import time
@@ -14,10 +16,41 @@ from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
 from ocpp_cs import store
-from ocpp_cs.frames import FramedChargePoint
+from ocpp_cs.frames import FramedChargePoint, mask_id_tag
 
 # OCPP 1.6 meter key announcement (OCA application note on Eichrecht/OCMF)
 METER_CONFIG = ("generalConfiguration", "setMeterConfiguration")
+# a charger over its meter value quota is written as a security event at most this often
+QUOTA_EVENT_PERIOD_S = 3600.0
+
+
+class WriteQuota:
+    """Rows a charger may have stored per minute (fixed one-minute windows).
+
+    `admit(charger_id, rows, now)` → (stored?, event detail or None): the detail
+    (rows dropped since the last event) is returned at the first refusal, then at
+    most once per QUOTA_EVENT_PERIOD_S. One small entry per registered charger.
+    """
+
+    def __init__(self, per_minute):
+        self.per_minute = per_minute
+        self.state = {}    # charger id -> [window start, rows in it, dropped, last event at]
+        self.dropped = 0
+
+    def admit(self, charger_id, rows, now):
+        st = self.state.setdefault(charger_id, [now, 0, 0, None])
+        if now - st[0] >= 60:
+            st[0], st[1] = now, 0
+        if st[1] + rows <= self.per_minute:
+            st[1] += rows
+            return True, None
+        st[2] += rows
+        self.dropped += rows
+        if st[3] is not None and now - st[3] < QUOTA_EVENT_PERIOD_S:
+            return False, None
+        detail = {"rows_dropped": st[2], "per_minute": self.per_minute}
+        st[2], st[3] = 0, now
+        return False, detail
 
 
 class CSChargePoint(FramedChargePoint):
@@ -61,10 +94,12 @@ class CSChargePoint(FramedChargePoint):
 
     @on(Action.authorize)
     async def on_authorize(self, id_tag, **kw):
-        status, _, reason = await self.db.run(store.authorize, id_tag, self.settings, self.id)
+        status, _, reason = await self.db.run(store.authorize_for, self.id, id_tag,
+                                              self.settings)
         if status != "Accepted":
-            self.log.info("%s: Authorize %s → %s (%s)", self.id, id_tag, status, reason)
-        return call_result.Authorize(id_tag_info={"status": status})
+            self.log.info("%s: Authorize %s → %s (%s)", self.id, mask_id_tag(id_tag), status,
+                          reason)
+        return call_result.Authorize(id_tag_info={"status": store.wire_status(status)})
 
     @on(Action.start_transaction)
     async def on_start_transaction(self, connector_id, id_tag, meter_start, timestamp, **kw):
@@ -72,11 +107,20 @@ class CSChargePoint(FramedChargePoint):
                                         meter_start, timestamp, self.settings,
                                         kw.get("reservation_id"))
         self.log.info("%s: StartTransaction connector %s idTag %s → %s %s", self.id,
-                      connector_id, id_tag, tx_id, info["status"])
+                      connector_id, mask_id_tag(id_tag), tx_id, info["status"])
         return call_result.StartTransaction(transaction_id=tx_id, id_tag_info=info)
 
     @on(Action.meter_values)
     async def on_meter_values(self, connector_id, meter_value, **kw):
+        rows = sum(len(mv.get("sampled_value") or ()) for mv in meter_value)
+        stored, detail = self.cs.meter_quota.admit(self.id, rows, time.monotonic())
+        if not stored:
+            if detail is not None:
+                self.log.warning("%s: meter values over %s rows a minute: not stored", self.id,
+                                 self.settings.meter_values_per_min)
+                await self.db.run(store.event, self.id, "security",
+                                  what="meter values over quota: answered, not stored", **detail)
+            return call_result.MeterValues()
         await self.db.run(store.record_meter_values, self.id, connector_id,
                           kw.get("transaction_id"), snake_to_camel_case(meter_value),
                           "MeterValues")

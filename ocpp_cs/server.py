@@ -3,9 +3,14 @@
 Endpoint: ws(s)://HOST:PORT/ocpp/<chargeBoxId>, subprotocol `ocpp1.6` (websockets
 refuses a handshake without it: HTTP 400). Security profile 1 is HTTP Basic auth
 (user = chargeBoxId, password checked against its scrypt hash); profile 2 is the
-same over TLS. Unknown chargers get HTTP 404, or with `allow_unknown_pending` are
-let in unauthenticated and answered `Pending` until an operator registers them.
-A charger that connects again replaces its old connection, which is closed.
+same over TLS. Wrong passwords are rationed per remote network and per charger id
+(`auth.Throttle`: HTTP 429 with Retry-After before any scrypt runs). Unknown
+chargers get HTTP 404, or with `allow_unknown_pending` are let in unauthenticated
+and answered `Pending` until an operator registers them; a pending id belongs to
+the remote host it first came from (a second connection while the first lives:
+409; from another host: 403), and the AuthorizationKey that onboards it is sent
+only over TLS. A registered charger that connects again replaces its old
+connection, which is closed.
 Each connection is a `handlers.CSChargePoint` (its frames checked by `frames.py`).
 The CLI's calls to chargers reach the service through the store's command queue.
 """
@@ -28,9 +33,10 @@ from ocpp.v16 import call
 from websockets.asyncio.server import serve
 
 from ocpp_cs import store
-from ocpp_cs.auth import VerifiedCache, parse_basic, verify_password
+from ocpp_cs.auth import Throttle, VerifiedCache, network_of, parse_basic, verify_password
 from ocpp_cs.dbworker import DBWorker
-from ocpp_cs.handlers import CSChargePoint
+from ocpp_cs.frames import RedactingLog
+from ocpp_cs.handlers import CSChargePoint, WriteQuota
 
 SUBPROTOCOL = "ocpp1.6"
 PATH = re.compile(r"^/ocpp/([^/]+)/?$")
@@ -69,6 +75,14 @@ class NotConnected(RuntimeError):
     pass
 
 
+class CallRefused(RuntimeError):
+    """A CS → charger call the central system will not send (a secret over plain ws://)."""
+
+
+def _host(remote):
+    return remote[0] if isinstance(remote, tuple) and remote else str(remote)
+
+
 class CentralSystem:
     """The running central system: listener, connections, CLI command queue."""
 
@@ -82,7 +96,11 @@ class CentralSystem:
         self.connector_status = {}
         self.seen = {}
         self.cache = VerifiedCache()
+        self.throttle = Throttle()
+        self.scrypt_runs = 0        # password hashes computed: what a guesser costs the gateway
+        self.pending_live = {}      # pending charger id -> the connection that holds it
         self.refusals = RefusalLog()
+        self.meter_quota = WriteQuota(settings.meter_values_per_min)
         self.server = None
         self.port = None
         self._tasks = set()
@@ -97,7 +115,8 @@ class CentralSystem:
         self.server = await serve(
             self._handler, host, port, subprotocols=[SUBPROTOCOL],
             process_request=self._process_request, ssl=self.settings.ssl_context(),
-            compression=None, max_size=256 * 1024, logger=logging.getLogger("ocpp_cs.ws"),
+            compression=None, max_size=256 * 1024,
+            logger=RedactingLog(logging.getLogger("ocpp_cs.ws")),
             open_timeout=20)
         self.port = self.server.sockets[0].getsockname()[1]
         self._spawn(self._command_loop())
@@ -147,14 +166,7 @@ class CentralSystem:
             if not self.settings.allow_unknown_pending:
                 await self._refused(charger_id, remote, "unknown charger refused")
                 return connection.respond(404, "unknown charger\n")
-            if charger is None:
-                if await self.db.run(store.count_pending) >= MAX_PENDING:
-                    await self._refused(charger_id, remote,
-                                        f"unknown charger refused: {MAX_PENDING} already pending")
-                    return connection.respond(503, "too many pending chargers\n")
-                await self.db.run(store.note_pending, charger_id)
-            connection.egs_charger = (charger_id, True)
-            return None
+            return await self._admit_pending(connection, charger_id, remote)
         given = request.headers.get_all("Authorization")  # two of them: no credentials
         creds = parse_basic(given[0]) if len(given) == 1 else None
         stored = charger["password_hash"]
@@ -163,9 +175,22 @@ class CentralSystem:
             if self.cache.known_good(charger_id, stored, creds[1]):
                 ok = True
             else:
+                host, cid = ("host", network_of(_host(remote))), ("charger", charger_id)
+                wait = self.throttle.wait((host, cid), time.monotonic())
+                if wait is not None:
+                    await self._refused(charger_id, remote,
+                                        "authentication throttled: too many wrong passwords")
+                    response = connection.respond(429, "too many failed logins, retry later\n")
+                    response.headers["Retry-After"] = str(wait)
+                    return response
+                self.throttle.take((cid,), time.monotonic())   # before scrypt: see Throttle
+                self.scrypt_runs += 1
                 ok = await asyncio.to_thread(verify_password, stored, creds[1])
                 if ok:
+                    self.throttle.refund((cid,), time.monotonic())
                     self.cache.remember(charger_id, stored, creds[1])
+                else:
+                    self.throttle.take((host,), time.monotonic())
         if not ok:
             why = "no credentials" if creds is None else "wrong user or password"
             await self._refused(charger_id, remote, f"authentication failed: {why}")
@@ -175,8 +200,34 @@ class CentralSystem:
         connection.egs_charger = (charger_id, False)
         return None
 
+    async def _admit_pending(self, connection, charger_id, remote):
+        """An unknown charger under allow_unknown_pending: one live connection per id, and
+        the id stays with the remote host it first came from (the cap is checked and the
+        row written in one database operation, so concurrent newcomers cannot pass it)."""
+        holder = self.pending_live.get(charger_id)
+        if holder is not None and holder.state.name != "CLOSED":
+            await self._refused(charger_id, remote, "pending charger id already connected")
+            return connection.respond(409, "this charger id is already connected\n")
+        self.pending_live[charger_id] = connection    # held until _handler ends
+        outcome = await self.db.run(store.admit_pending, charger_id, _host(remote), MAX_PENDING)
+        if outcome == "full":
+            self.pending_live.pop(charger_id, None)
+            await self._refused(charger_id, remote,
+                                f"unknown charger refused: {MAX_PENDING} already pending")
+            return connection.respond(503, "too many pending chargers\n")
+        if outcome == "registered":    # registered meanwhile: it must log in with its password
+            self.pending_live.pop(charger_id, None)
+            return connection.respond(503, "charger was just registered: connect again\n")
+        if outcome == "other_host":
+            self.pending_live.pop(charger_id, None)
+            await self._refused(charger_id, remote,
+                                "pending charger id claimed from another host")
+            return connection.respond(403, "this pending charger id belongs to another host\n")
+        connection.egs_charger = (charger_id, True)
+        return None
+
     async def _refused(self, charger_id, remote, what):
-        host = remote[0] if isinstance(remote, tuple) and remote else str(remote)
+        host = _host(remote)
         skipped = self.refusals.admit(host, what, time.monotonic())
         if skipped is None:
             return
@@ -199,6 +250,8 @@ class CentralSystem:
         finally:
             if self.connections.get(charger_id) is cp:
                 del self.connections[charger_id]
+            if pending and self.pending_live.get(charger_id) is connection:
+                del self.pending_live[charger_id]
 
     # -------------------------------------------------------------- CS → charger
 
@@ -212,8 +265,21 @@ class CentralSystem:
         cp = self.connections.get(charger_id)
         if cp is None:
             raise NotConnected(f"charger {charger_id} is not connected")
+        if store.secret_fields(action, payload) and not self.settings.tls:
+            raise CallRefused(f"{action} {payload.get('key')}: a secret is sent only over TLS "
+                              "(wss://, set [ocpp] tls_cert and tls_key)")
         request = getattr(call, action)(**camel_to_snake_case(payload))
-        result = await cp.call(request, suppress=False)
+        remote_start = action == "RemoteStartTransaction"
+        if remote_start:  # granted before the charger can answer with its StartTransaction
+            await self.db.run(store.grant, charger_id, payload["idTag"], "RemoteStart")
+        try:
+            result = await cp.call(request, suppress=False)
+        except Exception:
+            if remote_start:
+                await self.db.run(store.revoke_grant, charger_id, payload["idTag"])
+            raise
+        if remote_start and result.status != "Accepted":
+            await self.db.run(store.revoke_grant, charger_id, payload["idTag"])
         return snake_to_camel_case(remove_nones(serialize_as_dict(result)))
 
     async def _execute(self, row):

@@ -33,6 +33,7 @@ async def run(ctx):
         section["listen"] = listen
     elif not section["enabled"]:
         ctx.log.info("OCPP central system off (start with --ocpp HOST:PORT)")
+        ctx.health["ocpp"] = {"ok": True, "listening": None}
         await ctx.stopping.wait()
         return
     settings = Settings(section)
@@ -40,6 +41,7 @@ async def run(ctx):
                        price_source=price_source_for(ctx, settings))
     await cs.start()
     ctx.hooks["ocpp"] = cs
+    ctx.health["ocpp"] = {"ok": True, "listening": section["listen"]}
     try:
         await ctx.stopping.wait()
     finally:

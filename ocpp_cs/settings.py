@@ -1,8 +1,8 @@
 """The `[ocpp]` config section and the few parsers its values need.
 
-Amounts are EEA base units (18 decimals). TOML integers stop at 2**63 − 1 (about
-9.2 EEA), so an amount may also be written as a string: "25000000000000000000"
-(base units) or "25 EEA" / "0.30EEA" (decimal EEA), read by gateway.units.
+Amounts are EEA base units (18 decimals) inside. In the config a bare number is EEA
+(`price_per_kwh = "0.3"`, `= 1` or `"0.3 EEA"`); base units need the suffix 'base'
+(`"300000000000000000 base"`), read by gateway.units.
 Energy is always integer Wh.
 """
 from gateway import config as config_mod
@@ -20,7 +20,7 @@ class _AmountMeta(type):
             return value >= 0
         if isinstance(value, str):
             try:
-                parse_price(value, bare="base", minimum=0)
+                parse_price(value, bare="eea", minimum=0)
             except ValueError:
                 return False
             return True
@@ -58,6 +58,10 @@ config_mod.section("ocpp", {
     "price_per_kwh": (Amount, REQUIRED),
     # an idTag is Accepted only when its account's prepaid EEA balance covers this
     "min_deposit_eea": (Amount, "1 EEA"),
+    # `egs-gw account credit` (book-only goodwill, no tokens on chain): the most one account
+    # and all accounts together may have outstanding (credits minus reversals)
+    "goodwill_max_per_account": (Amount, "500 EEA"),
+    "goodwill_max_total": (Amount, "5000 EEA"),
     # account that receives the energy payment and whose WATT is burned for the energy delivered
     "energy_pool": (str, REQUIRED),
     # vendor suffixes stripped from idTags before lookup, e.g. ["-EMAID", ":0"]
@@ -69,7 +73,13 @@ config_mod.section("ocpp", {
     "offline_after_s": (int, 120),
     # sanity limits: above them a session is held for review instead of billed
     "max_session_wh": (int, 250_000),
+    # a charger's rated power when it has none of its own (`egs-gw charger add --max-power-w`)
     "max_power_w": (int, 400_000),
+    # a live StartTransaction bills only an idTag Accepted for that charger (Authorize or
+    # RemoteStart) at most this many seconds before
+    "authorize_window_s": (int, 600),
+    # meter values stored per charger per minute; more are answered but not stored
+    "meter_values_per_min": (int, 600),
     # thousands of connections make Python's garbage collector stall the event loop; every
     # gc_freeze_s live objects are frozen out of it (reference counting still frees them),
     # every gc_full_s everything is collected once (0 turns this off; see server.py)
@@ -77,7 +87,7 @@ config_mod.section("ocpp", {
     "gc_full_s": (float, 6 * 3600.0),
     # how often the service looks for CLI commands (ocpp_commands table)
     "command_poll_s": (float, 0.2),
-})
+}, paths=("tls_cert", "tls_key"))
 
 
 class Settings:
@@ -92,6 +102,8 @@ class Settings:
         self.allow_unknown_pending = section["allow_unknown_pending"]
         self.price_per_kwh = self._amount(section, "price_per_kwh", need_settlement, parse_price)
         self.min_deposit_eea = self._amount(section, "min_deposit_eea", True, parse_eea)
+        self.goodwill_max_per_account = self._amount(section, "goodwill_max_per_account", True, parse_eea)
+        self.goodwill_max_total = self._amount(section, "goodwill_max_total", True, parse_eea)
         pool = section["energy_pool"]
         if pool is REQUIRED:
             if need_settlement:
@@ -110,7 +122,8 @@ class Settings:
         # longest first so "-EMAID-1" wins over "-1"
         self.id_tag_suffixes = sorted(suffixes, key=len, reverse=True)
         for key in ("heartbeat_interval", "call_timeout", "offline_after_s",
-                    "max_session_wh", "max_power_w"):
+                    "max_session_wh", "max_power_w", "authorize_window_s",
+                    "meter_values_per_min"):
             value = section[key]
             if value <= 0:
                 raise ConfigError(f"ocpp.{key}: must be positive, got {value}")
@@ -124,10 +137,10 @@ class Settings:
         value = section[key]
         if value is REQUIRED:
             if required:
-                raise ConfigError(f"ocpp.{key}: required (EEA base units per kWh)")
+                raise ConfigError(f"ocpp.{key}: required (EEA per kWh, e.g. \"0.3\")")
             return None
         try:
-            return parse(value, bare="base", minimum=0)
+            return parse(str(value), bare="eea", minimum=0)   # a bare number is EEA
         except ValueError as e:
             raise ConfigError(f"ocpp.{key}: {e}") from None
 

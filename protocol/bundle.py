@@ -1,23 +1,17 @@
 """Signed firmware bundles: check one and unpack it into an application directory.
 
-A bundle (built by tools/release.py) is a plain ustar archive, in this order:
-    manifest.json   {"files": [[name, size, sha256 hex], ...], "format": 1,
-                     "march": "xtensawin", "mpy": "6.3", "port": "esp32", "version": "0.2.0"}
-                    (compact JSON, sorted keys: the exact bytes are what is signed)
-    manifest.sig    DER ECDSA P-256 / SHA-256 signature of manifest.json by the release key
-    app/<name>      each file of the manifest, in manifest order
-
+A bundle (built by tools/release.py) is a plain ustar archive: manifest.json, manifest.sig
+(its signature by the release key), then app/<name> for each file, in manifest order.
 Why tar and our own reader: the device must check a bundle it streams from flash with a
-few KB of heap. ustar is 512-byte headers and padded data, readable in 30 lines; zip or
-gzip would need a directory or an inflate window. Why sign the manifest, not the archive:
-the device checks the signature once (about a second of P-256 on an ESP32), before
-writing anything, then checks each file's SHA-256 while copying it.
+few KB of heap; ustar is 512-byte headers and padded data, while zip or gzip would need a
+directory or an inflate window. Why sign the manifest, not the archive: the device checks
+the signature once (about a second on an ESP32), before writing anything, then each
+file's SHA-256 while copying it.
 
-Part of the wire contract (protocol/), not of the firmware: the same code runs on the
-device (firmware/ota.py) and on CPython (the installer, `egs-gw device flash`, and the
-update server), so both refuse exactly the same bundles. Every refusal is a
-BundleError whose message says what is wrong; nothing is written outside `dest`, and
-names are checked (no "..", no absolute paths, only [a-z0-9_./-]).
+Part of the wire contract, not of the firmware: the device (firmware/ota.py) and CPython
+(the installer, the update server) run the same code, so both refuse exactly the same
+bundles. Every refusal is a BundleError whose message says what is wrong; nothing is
+written outside `dest`.
 """
 import hashlib
 import json
@@ -25,6 +19,12 @@ import os
 
 from protocol import p256
 
+# manifest.json, compact JSON with sorted keys (the exact bytes are what is signed):
+#   {"files": [[name, size, sha256 hex], ...], "format": 1, "march": "xtensawin",
+#    "mpy": "6.3", "port": "esp32", "version": "0.2.0"}
+# manifest.sig: DER ECDSA P-256 / SHA-256 signature of manifest.json. Names: no "..", no
+# absolute path, only NAME_CHARS, no file that is also another's directory; the nesting
+# is checked before json.loads, which recurses.
 BLOCK = 512
 FORMAT = 1
 MAX_FILES = 64
@@ -127,10 +127,43 @@ class Reader:
             self.pad = 0
 
 
+MAX_DEPTH = 3                   # {"files": [[name, size, sha256]]}
+
+
+def _depth(data):
+    """The deepest nesting of JSON arrays/objects in `data` (bytes), strings skipped: checked
+    before json.loads, which recurses (RecursionError on CPython, a crash on a device)."""
+    if isinstance(data, str):
+        data = data.encode()
+    depth = top = 0
+    in_str = esc = False
+    for b in data:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 92:       # backslash
+                esc = True
+            elif b == 34:       # quote
+                in_str = False
+        elif b == 34:
+            in_str = True
+        elif b == 91 or b == 123:   # [ {
+            depth += 1
+            if depth > top:
+                top = depth
+                if top > MAX_DEPTH:
+                    return top
+        elif b == 93 or b == 125:   # ] }
+            depth -= 1
+    return top
+
+
 def parse_manifest(data):
+    if _depth(data) > MAX_DEPTH:
+        raise BundleError("manifest nested too deep")
     try:
         m = json.loads(data)
-    except ValueError:          # UnicodeError included
+    except (ValueError, RuntimeError):      # UnicodeError included; RecursionError too
         raise BundleError("manifest is not JSON")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise BundleError("unknown manifest format")
@@ -141,6 +174,7 @@ def parse_manifest(data):
     if not isinstance(files, list) or not 0 < len(files) <= MAX_FILES:
         raise BundleError("bad file list in manifest")
     seen = set()
+    dirs = set()
     for entry in files:
         if not isinstance(entry, list) or len(entry) != 3:
             raise BundleError("bad file entry in manifest")
@@ -149,10 +183,17 @@ def parse_manifest(data):
         if name in seen:
             raise BundleError("file %s listed twice" % name)
         seen.add(name)
+        i = name.find("/")
+        while i > 0:            # a file cannot also be a directory of another ("a", "a/b")
+            dirs.add(name[:i])
+            i = name.find("/", i + 1)
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE:
             raise BundleError("bad size for %s" % name)
         if not isinstance(digest, str) or len(digest) != 64:
             raise BundleError("bad sha256 for %s" % name)
+    for name in seen:
+        if name in dirs:
+            raise BundleError("file %s is also a directory in manifest" % name)
     return m
 
 

@@ -16,7 +16,7 @@ import json
 from protocol.messages import MessageError, decode
 
 MAX_LINE = 2048                  # a request line, without its newline
-COMMANDS = ("hello", "provision", "pubkey", "status", "reboot")
+COMMANDS = ("hello", "provision", "pubkey", "status", "reboot", "ca")
 
 
 def parse_request(line):

@@ -1,20 +1,10 @@
 """The small JSON messages from gateway to device over MQTT: the device's side, parsed strictly.
 
-Gateway -> device (topics in protocol/topics.py):
-    .../ack   {"seq": N}                                  highest sequence durably stored
-    .../cmd   {"cmd": "resend", "from": N}                send every record from N again
-              {"cmd": "set_interval", "interval_s": S}    0.01 <= S <= 86400, persisted
-              {"cmd": "reboot"}
-              {"cmd": "update", "url": "http://host:port/path", "version": "X.Y.Z",
-               "size": N}                                 a signed release: protocol/offer.py
-Device -> gateway: .../status is a retained JSON object (firmware/app.py); the last will
-is OFFLINE. The serial console's lines are protocol/console.py.
-
-The parsers (`parse_ack`, `parse_cmd`; `decode` under each, also for the console) take
-bytes or text, refuse it over MAX_MESSAGE or nested deeper than MAX_DEPTH before decoding
-(a device has a few tens of KB of heap), check types and bounds, and raise MessageError
-with a one-line reason. Fields a parser does not know are ignored (a later gateway may add
-some); commands it does not know are refused. The gateway builds these messages with
+The parsers (`parse_ack`, `parse_cmd`; `decode` under each, also for the console) take bytes
+or text, refuse it over MAX_MESSAGE or nested deeper than MAX_DEPTH before decoding (a
+device has a few tens of KB of heap), check types and bounds, and raise MessageError with a
+one-line reason. Fields a parser does not know are ignored (a later gateway may add some);
+commands it does not know are refused. The gateway builds these messages with
 protocol/messages_gateway.py, which checks them with the same functions.
 
 Why the device's side alone: the device keeps this module loaded (every ack goes through
@@ -22,6 +12,16 @@ it), and on MicroPython each function costs heap even when its code sits in flas
 100 bytes; the builders, which only the gateway runs, cost the device nearly 1 KB here.
 """
 import json
+
+# Gateway -> device (topics in protocol/topics.py):
+#   .../ack  {"seq": N}                                 highest sequence durably stored
+#   .../cmd  {"cmd": "resend", "from": N}               send every record from N again
+#            {"cmd": "set_interval", "interval_s": S}   0.01 <= S <= 86400, persisted
+#            {"cmd": "reboot"}
+#            {"cmd": "update", "url": "http://host:port/path", "version": "X.Y.Z",
+#             "size": N}                                a signed release: protocol/offer.py
+# Device -> gateway: .../status is a retained JSON object (firmware/app.py); the last will
+# is OFFLINE. The serial console's lines are protocol/console.py.
 
 MAX_SEQ = 9223372036854775807    # 2**63 - 1: the gateway stores sequences as SQLite INTEGER
 MAX_MESSAGE = 1024               # an ack or cmd payload (the device's MQTT packet limit)

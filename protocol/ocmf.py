@@ -6,35 +6,12 @@ chargers, so the gateway and third-party transparency software can check it:
     OCMF|{payload JSON}|{"SA":"ECDSA-secp256r1-SHA256","SD":"<DER signature, upper-case hex>"}
 
 The signature covers the payload bytes exactly as sent, so nothing here ever
-re-serialises a payload it did not write.
-
-Device side (runs on MicroPython and CPython; `format_time`, `wh_to_kwh_str`,
-`build_payload`, `sign_record`, `build`):
-- The payload is written by hand, not with json.dumps: MicroPython and CPython
-  disagree on separators and on escaping non-ASCII, and the same inputs must
-  give the same bytes on both.  Layout (compact, no spaces, keys in this order):
-      {"FV":"1.0","GI":..,"GS":..,"GV":..,"PG":"F<seq>","MV":..,"MM":..,"MS":..,
-       "RD":[{"TM":..,"RV":<import kWh>,"RI":"1-0:1.8.0","RU":"kWh","RT":"AC","EF":..,"ST":..},
-             {"RV":<export kWh>,"RI":"1-0:2.8.0","RU":"kWh"}]}
-  PG uses the fiscal context "F" (readings outside any charging transaction);
-  per OCMF such records carry no user-assignment group (IS/IL/IF/IT/ID) and no TX.
-  OCMF omits, in a later reading, fields equal to the previous one, so the export
-  reading carries only RV and the RI/RU group.
-- Energy is integer Wh, written as kWh with exactly three decimals by integer
-  arithmetic (ESP32 floats are single precision: 98765.432 is not representable).
-- Time is "YYYY-MM-DDThh:mm:ss,fff+zzzz S" in UTC, from integer civil-from-days
-  arithmetic, because the epoch of time.gmtime differs between ports.
-- The signature is protocol.p256 (RFC 6979), DER in upper-case hex, like the
-  records of certified chargers.
-- Text fields may not contain "|" (OCMF forbids it inside sections) nor control
-  characters; '"' and '\\' are escaped.
-
-Gateway side (CPython only): `parse`, `verify`, `Record`, `load_public_key`,
-`decode_ocpp_signed_data[_full]`, `key_fingerprint`, `value_to_wh` are
-importable from this module but live in protocol/ocmf_verify.py and are loaded
-on first use: compiling them under MicroPython would cost the device about
-25 KB of heap for code it never runs.  Every failure there is an OcmfError
-subclass (defined here) whose message says what is wrong.
+re-serialises a payload it did not write. The device side (below) runs on MicroPython
+and CPython and gives the same bytes on both. The gateway side (`parse`, `verify`,
+`Record`, ...: _GATEWAY) is importable from here but lives in protocol/ocmf_verify.py,
+loaded on first use: compiling it under MicroPython would cost the device about 25 KB
+of heap for code it never runs. Every failure there is an OcmfError subclass (defined
+here) whose message says what is wrong.
 """
 import binascii
 
@@ -75,6 +52,15 @@ class SignatureMismatch(OcmfError):
 
 
 # ---------------------------------------------------------------- device side
+# The payload is written by hand, not with json.dumps: MicroPython and CPython disagree on
+# separators and on escaping non-ASCII, and the same inputs must give the same bytes on
+# both.  Energy is integer Wh, written as kWh with exactly three decimals by integer
+# arithmetic (ESP32 floats are single precision: 98765.432 is not representable).  Time is
+# "YYYY-MM-DDThh:mm:ss,fff+zzzz S" in UTC, from integer civil-from-days arithmetic, because
+# the epoch of time.gmtime differs between ports.  Text fields may not contain "|" (OCMF
+# forbids it inside sections) nor control characters; '"' and '\' are escaped.  The
+# signature is protocol.p256 (RFC 6979), DER in upper-case hex, like the records of
+# certified chargers.
 
 def _check_int(value, what, minimum=0):
     if isinstance(value, bool) or not isinstance(value, int):
@@ -133,9 +119,17 @@ def _jstr(value, what):
     return '"' + value + '"'
 
 
+# Payload layout (compact, no spaces, keys in this order):
+#   {"FV":"1.0","GI":..,"GS":..,"GV":..,"PG":"F<seq>","MV":..,"MM":..,"MS":..,
+#    "RD":[{"TM":..,"RV":<import kWh>,"RI":"1-0:1.8.0","RU":"kWh","RT":"AC","EF":..,"ST":..},
+#          {"RV":<export kWh>,"RI":"1-0:2.8.0","RU":"kWh"}]}
+# PG uses the fiscal context "F" (readings outside any charging transaction); per OCMF such
+# records carry no user-assignment group (IS/IL/IF/IT/ID) and no TX.  OCMF omits, in a later
+# reading, fields equal to the previous one, so the export reading carries only RV and the
+# RI/RU group.
 def build_payload(seq, import_wh, export_wh, epoch_seconds, *, gi, gs, gv, mv, mm, ms,
                   time_status="S", meter_status="G", errors=None):
-    """The payload bytes of one fiscal reading (layout in the module docstring)."""
+    """The payload bytes of one fiscal reading (layout in the comment above)."""
     _check_int(seq, "seq")
     _check_int(import_wh, "import_wh")
     _check_int(export_wh, "export_wh")

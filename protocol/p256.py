@@ -2,34 +2,16 @@
 
 Why our own code: the meter firmware runs MicroPython on an ESP32, which has
 `hashlib.sha256` but no ECDSA, no `hmac` and no way to install `cryptography`.
-The very same file is imported by the gateway (CPython) so that both sides share
-one definition; the gateway still *verifies* with `cryptography` in production,
-and the tests check this module against it.
+The gateway (CPython) imports the very same file, so both sides share one
+definition; it still *verifies* with `cryptography` in production, and the tests
+check this module against it.
 
-Choices, and why:
-- RFC 6979 deterministic nonces (HMAC-SHA256, implemented here): a device's
-  random source is the weakest part of an ECDSA signer; a repeated nonce leaks
-  the key. No low-s normalisation: the OCMF verifiers accept either s.
-- Jacobian coordinates with the a = -3 doubling, so a scalar multiplication
-  needs one modular inversion at the end instead of one per step.
-- Signing multiplies the fixed generator G.  A 4-tooth comb (Lim-Lee) over a
-  table of 15 affine points, sums of G, 2^64 G, 2^128 G, 2^192 G, needs only
-  64 doublings and at most 64 mixed additions, a quarter of the doublings of
-  a plain 4-bit window with the same 15 points.  The table (about 2.5 KB) is
-  built once, on first use.
-- Big-integer `%` is the dearest operation under MicroPython, so sums of
-  products are reduced once, and the point formulas are written out inline in
-  the hot loop (a Python call costs as much as a few multiplications there).
-  No @micropython.native: tried on the unix port, signing got slower (the big
-  integer work is already in C), and it would tie the file to one architecture.
-- Modular inverses: CPython's pow(x, -1, m) where it exists; MicroPython
-  returns a wrong answer (0) for a negative exponent and its Fermat pow is
-  25x slower than the extended Euclid below, so it gets the Euclid.
-- Heap on the device: the table holds about 2.5 KB and a signature needs about
-  5 KB free at its peak (bench/sign.py), but compiling this file from source
-  takes about 50 KB for a moment: on an ESP32 freeze it or ship it as .mpy.
-- Not constant time: a timing side channel on a pure-Python interpreter cannot
-  be closed here.  The device key only ever signs the device's own readings.
+Nonces are deterministic (RFC 6979): a device's random source is the weakest part
+of an ECDSA signer, and a repeated nonce leaks the key. Not constant time: a timing
+side channel on a pure-Python interpreter cannot be closed here; the device key
+only ever signs the device's own readings. Compiling this file from source takes
+about 50 KB of heap for a moment: on an ESP32 freeze it or ship it as .mpy. The
+speed and heap choices are noted beside the code they shape.
 """
 import hashlib
 
@@ -45,6 +27,9 @@ B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
 GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 
+# Modular inverses: CPython's pow(x, -1, m) where it exists; MicroPython returns a wrong
+# answer (0) for a negative exponent and its Fermat pow is 25x slower than the extended
+# Euclid below, so it gets the Euclid.
 try:
     _POW_INVERSE = pow(3, -1, 7) == 5
 except (ValueError, TypeError):
@@ -65,7 +50,9 @@ def _inverse(a, m):
 
 # ---------------------------------------------------------------- group law
 # Points are Jacobian (X, Y, Z), meaning the affine (X/Z^2, Y/Z^3); Z == 0 is
-# the point at infinity.  All coordinates are kept reduced into [0, P).
+# the point at infinity.  All coordinates are kept reduced into [0, P).  With the
+# a = -3 doubling, a scalar multiplication needs one modular inversion at the end
+# instead of one per step.
 
 def _double(X, Y, Z):
     # dbl-2001-b: a = -3.
@@ -136,6 +123,10 @@ def _mul(k, X, Y, Z):
 
 
 # ------------------------------------------------------ comb for k * G
+# Signing multiplies the fixed generator G.  A 4-tooth comb (Lim-Lee) over a table
+# of 15 affine points, sums of G, 2^64 G, 2^128 G, 2^192 G, needs only 64 doublings
+# and at most 64 mixed additions, a quarter of the doublings of a plain 4-bit window
+# with the same 15 points.  The table (about 2.5 KB of heap) is built on first use.
 _TX = None  # affine x of the 16 comb points (index 0 unused)
 _TY = None
 
@@ -167,6 +158,11 @@ def _comb_table():
     return _TX, _TY
 
 
+# Big-integer `%` is the dearest operation under MicroPython, so sums of products are
+# reduced once, and the point formulas are written out inline in this hot loop (a Python
+# call costs as much as a few multiplications there).  No @micropython.native: tried on
+# the unix port, signing got slower (the big integer work is already in C), and it would
+# tie the file to one architecture.
 def _mul_g(k):
     """k * G in Jacobian coordinates, 0 < k < N.
 
@@ -291,6 +287,8 @@ def _nonces(d, e):
         V = _hmac(K, V)
 
 
+# A signature needs about 5 KB of free heap at its peak (bench/sign.py).  No low-s
+# normalisation: the OCMF verifiers accept either s.
 def sign(secret, message):
     """DER ECDSA signature of SHA-256(message), deterministic nonce per RFC 6979."""
     d = _secret_int(secret)

@@ -51,7 +51,12 @@ if [ ! -x node/node_modules/.bin/anvil ] || [ node/package-lock.json -nt node/no
   # Not `npm ci`: the registry here serves only the linux build of Anvil's optional
   # per-platform packages, and `npm ci` refuses a lock file that lacks the others.
   # `npm install` with the committed lock file installs the same pinned versions.
-  (cd node && npm install --no-audit --no-fund --loglevel=error)
+  # npm install rewrites the lock file's metadata; put the committed one back so setup
+  # leaves tracked files untouched.
+  lock_copy=$(mktemp)
+  cp -p node/package-lock.json "$lock_copy"
+  (cd node && npm install --no-audit --no-fund --loglevel=error) || { rm -f "$lock_copy"; exit 1; }
+  cp -p "$lock_copy" node/package-lock.json && rm -f "$lock_copy"
 else
   say "Anvil up to date"
 fi

@@ -29,7 +29,9 @@ import base64
 import json
 import logging
 import random
+import signal
 import ssl as ssl_mod
+import sys
 from datetime import UTC, datetime
 
 import click
@@ -42,8 +44,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from gateway import clock
+from gateway.cliutil import secret_option
 
 log = logging.getLogger("sim.charger")
+STOP_TIMEOUT_S = 5.0       # `egs-sim charger` switched off: how long its last stops may take
 
 
 def iso(epoch):
@@ -134,9 +138,12 @@ class _CP(V16ChargePoint):
 
     @after(Action.remote_start_transaction)
     async def after_remote_start(self, id_tag, connector_id=None, **kw):
+        # the driver starts from an app standing by the car: its cable is plugged in, so
+        # the charger starts charging it (a car of `remote_ev`, unless one is plugged in)
         c = self.sim.free_connector(connector_id)
         if c is not None:
-            await self.sim.start_transaction(c.id, id_tag, authorize=False)
+            ev = c.ev or self.sim.remote_ev(id_tag)
+            await self.sim.start_transaction(c.id, id_tag, ev=ev, authorize=False)
 
     @on(Action.remote_stop_transaction)
     async def on_remote_stop(self, transaction_id, **kw):
@@ -300,6 +307,11 @@ class SimChargePoint:
 
     def now(self):
         return clock.now() + self.clock_offset
+
+    @staticmethod
+    def remote_ev(id_tag):
+        """The car a remote start charges when none is plugged in: a mid-size EV."""
+        return EV(battery_kwh=60, max_kw=11, arrival_soc=0.3, id_tag=id_tag)
 
     def free_connector(self, connector_id=None):
         for c in self.connectors.values():
@@ -671,31 +683,45 @@ class SimChargePoint:
 
     async def serve_evs(self, id_tags, speed=1.0, meter_interval=60, ev_every=600, rnd=None,
                         until=None):
-        """Run forever (or until the sim clock passes `until`): EVs arrive, charge, leave."""
+        """Run forever (or until the sim clock passes `until`): EVs arrive, charge, leave.
+
+        Each idTag is one driver with one car: a tag in use on one connector is not
+        presented on another. An Authorize that goes unanswered (central system frozen,
+        connection lost) is retried with exponential backoff while the car waits; once
+        the connection is gone the charger decides locally (LocalAuthorizeOffline)."""
         rnd = rnd or random.Random()
+        loop = asyncio.get_running_loop()
         tick = max(0.05, meter_interval / speed)
         next_arrival = {c: self.now() + rnd.uniform(0, ev_every) for c in self.connectors}
+        waiting = {}      # connector id → (ev, retry at (loop time), delay s)
         while until is None or self.now() < until:
             await asyncio.sleep(tick)
             if not clock.active():     # a shared simulated clock moves on by itself
                 self.clock_offset += meter_interval - tick
             for c in self.connectors.values():
-                if c.tx is None and self.now() >= next_arrival[c.id] and c.available:
+                if c.tx is None and c.id in waiting:
+                    ev, retry_at, delay = waiting[c.id]
+                    if loop.time() >= retry_at:
+                        await self._arrive(c, ev, delay, waiting, next_arrival, rnd, ev_every)
+                elif c.tx is None and self.now() >= next_arrival[c.id] and c.available:
+                    busy = {x.tx.id_tag for x in self.connectors.values() if x.tx is not None}
+                    busy |= {ev.id_tag for ev, _, _ in waiting.values()}
+                    free = [t for t in id_tags if t not in busy]
+                    if not free:       # every driver is charging elsewhere
+                        next_arrival[c.id] = self.now() + rnd.uniform(0.5, 1.5) * ev_every
+                        continue
                     ev = EV(battery_kwh=rnd.choice([40, 58, 77, 100]),
                             max_kw=rnd.choice([7.4, 11, 22]),
-                            arrival_soc=rnd.uniform(0.1, 0.6), id_tag=rnd.choice(id_tags))
-                    tx = await self.start_transaction(c.id, ev.id_tag, ev=ev,
-                                                      authorize=self.online)
-                    log.info("%s/%s: %r arrives (tx %s)", self.id, c.id, ev,
-                             "refused" if tx is None else "started")
-                    if tx is None:
-                        next_arrival[c.id] = self.now() + rnd.uniform(0.5, 1.5) * ev_every
+                            arrival_soc=rnd.uniform(0.1, 0.6), id_tag=rnd.choice(free))
+                    await self._arrive(c, ev, None, waiting, next_arrival, rnd, ev_every)
                 elif c.tx is not None and c.tx.id_tag_status not in (None, "Accepted"):
                     # StopTransactionOnInvalidId: the CS refused the idTag after the start
                     log.info("%s/%s: idTag %s, stopping", self.id, c.id, c.tx.id_tag_status)
                     await self.stop_transaction(c.id, reason="DeAuthorized")
                     next_arrival[c.id] = self.now() + rnd.uniform(0.5, 1.5) * ev_every
                 elif c.tx is not None:
+                    if c.ev is None:   # started without a car (in-process callers)
+                        c.ev = self.remote_ev(c.tx.id_tag)
                     power = min(c.max_w, c.ev.max_w)
                     wh = await self.deliver(c.id, power * meter_interval // 3600,
                                             seconds=0, meter_values=True)
@@ -703,6 +729,39 @@ class SimChargePoint:
                         log.info("%s/%s: %r full, leaves", self.id, c.id, c.ev)
                         await self.stop_transaction(c.id)
                         next_arrival[c.id] = self.now() + rnd.uniform(0.5, 1.5) * ev_every
+
+    async def _arrive(self, c, ev, delay, waiting, next_arrival, rnd, ev_every):
+        """A car at connector `c` presents its idTag; an unanswered Authorize is retried."""
+        try:
+            tx = await self.start_transaction(c.id, ev.id_tag, ev=ev, authorize=self.online)
+        except (TimeoutError, ConnectionError, ConnectionClosed, OCPPError) as e:
+            delay = max(1.0, self.backoff[0]) if delay is None else min(delay * 2,
+                                                                         self.backoff[1])
+            what = "unanswered" if isinstance(e, TimeoutError) else "failed"
+            log.warning("%s/%s: Authorize %s (%s), retrying in %.1f s", self.id, c.id, what,
+                        type(e).__name__, delay)
+            waiting[c.id] = (ev, asyncio.get_running_loop().time() + delay, delay)
+            return
+        waiting.pop(c.id, None)
+        log.info("%s/%s: %r arrives (tx %s)", self.id, c.id, ev,
+                 "refused" if tx is None else "started")
+        if tx is None:
+            next_arrival[c.id] = self.now() + rnd.uniform(0.5, 1.5) * ev_every
+
+    async def shutdown(self, reason="Other", timeout=5.0):
+        """Switch off: a StopTransaction (`reason`) for every running transaction, up to
+        `timeout` s for the central system to answer what is queued, then close. What is
+        still unanswered then is logged (a real charger would send it after its reboot)."""
+        for c in self.connectors.values():
+            if c.tx is not None:
+                log.info("%s/%s: switched off, stopping transaction %s", self.id, c.id, c.tx.id)
+                await self.stop_transaction(c.id, reason=reason)
+        try:
+            await self.wait_idle(timeout)
+        except TimeoutError:
+            log.warning("%s: %d transaction message(s) unanswered at shutdown",
+                        self.id, len(self._queue))
+        await self.close()
 
 
 def _ssl_context(url, cafile, insecure):
@@ -718,7 +777,10 @@ def _ssl_context(url, cafile, insecure):
 @click.command("charger")
 @click.option("--url", required=True, help="Central system base URL, e.g. ws://127.0.0.1:9000/ocpp")
 @click.option("--id", "charger_id", required=True, help="chargeBoxId")
-@click.option("--password", default=None, help="Basic auth password (security profile 1/2).")
+@click.option("--password-file", default=None,
+              help="File holding the Basic auth password (security profile 1/2), - for stdin.")
+@click.option("--password", default=None, help="The password itself (visible in shell history "
+              "and ps; warned about).")
 @click.option("--connectors", default=2, show_default=True, type=click.IntRange(1, 16))
 @click.option("--sign-meter-values", is_flag=True, help="Send OCMF-signed meter values.")
 @click.option("--signed-encoding", type=click.Choice(["plain", "hex", "oca"]), default="plain",
@@ -738,16 +800,21 @@ def _ssl_context(url, cafile, insecure):
               help="CA certificate for wss:// (profile 2).")
 @click.option("--insecure", is_flag=True, help="wss:// without certificate verification.")
 @click.option("--seed", type=int, default=None)
+@click.option("--response-timeout", default=10.0, show_default=True,
+              type=click.FloatRange(0.1, 600),
+              help="Seconds to wait for the central system's answer to a call before retrying.")
 @click.option("-v", "--verbose", is_flag=True)
-def command(url, charger_id, password, connectors, sign_meter_values, signed_encoding,
+def command(url, charger_id, password_file, password, connectors, sign_meter_values, signed_encoding,
             meter_key_file, id_tags,
-            speed, meter_interval, ev_every, duration, cafile, insecure, seed, verbose):
+            speed, meter_interval, ev_every, duration, cafile, insecure, seed, response_timeout,
+            verbose):
     """An OCPP 1.6J charge point with EVs arriving, charging and leaving."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     log.setLevel(logging.INFO)
     if not url.startswith(("ws://", "wss://")):
         raise click.UsageError("--url must start with ws:// or wss://")
+    password = secret_option(password, password_file, "--password")
     secret = None
     if meter_key_file:
         from pathlib import Path
@@ -768,26 +835,33 @@ def command(url, charger_id, password, connectors, sign_meter_values, signed_enc
     async def main():
         cp = SimChargePoint(url, charger_id, password=password, connectors=connectors,
                             sign=sign_meter_values, meter_secret=secret,
-                            signed_encoding=signed_encoding, ssl=_ssl_context(url, cafile, insecure))
+                            signed_encoding=signed_encoding, ssl=_ssl_context(url, cafile, insecure),
+                            response_timeout=response_timeout)
         if cp.meter_public_key is not None:
             click.echo(f"meter public key: {cp.meter_public_key.hex()}")
+        # SIGTERM/SIGINT switch the charger off: running sessions are stopped first
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         await cp.start()
         runner = asyncio.create_task(cp.serve_evs(list(id_tags), speed=speed,
                                                   meter_interval=meter_interval,
                                                   ev_every=ev_every, rnd=random.Random(seed)))
+        stopper = asyncio.create_task(stop.wait())
         try:
-            if duration:
-                await asyncio.wait_for(asyncio.shield(runner), duration)
-            else:
-                await runner
-        except TimeoutError:
-            pass
+            await asyncio.wait({runner, stopper}, timeout=duration,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
+            stopper.cancel()
+            failed = runner.exception() if runner.done() and not runner.cancelled() else None
             runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
-            await cp.close()
+            await asyncio.gather(runner, stopper, return_exceptions=True)
+            await cp.shutdown(timeout=STOP_TIMEOUT_S)
+        if failed is not None:      # never a silent exit: the cause, and status 1
+            log.error("%s: the emulator failed: %s: %s", charger_id, type(failed).__name__,
+                      failed, exc_info=failed)
+            return 1
+        return 0
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    sys.exit(asyncio.run(main()))

@@ -1,10 +1,15 @@
 """`egs-sim`: the emulators (meters, devices running the real firmware, chargers, communities)."""
 import click
 
+from gateway.cliutil import Program
 from sim import commands as sim_commands
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Program(Program):
+    prog = "egs-sim"
+
+
+@click.group(cls=_Program, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """EGS emulators for development, tests and demos."""
 

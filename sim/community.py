@@ -1,26 +1,14 @@
 """A whole community in emulation for one simulated day: what `make demo` runs.
 
-Every part is the real one, started the way an operator would start it: the stack of
-sim/stack.py (Anvil with EEA and WATT, the secured mosquitto, `egs-gw run` with ingest,
-intervals, ledger, central system and market), one MicroPython process per household
-running the real firmware, provisioned over its console and registered with `egs-gw
-device add`, an emulated meter each (sim/households.py), EEA deposited into every
-account's escrow on chain, market agents (`egs-gw market agents set`), and the charge
-park (sim/park.py) registered with `egs-gw charger add`. At 40 % of the day the attacker
-of sim/tamper.py strikes.
-
-Time: one clock for every process (gateway/clock.py): EGS_CLOCK is set before the gateway
-and the devices start, so a 24-hour day runs in `24 h / speed` real time. The day lies in
-the past (it ends at least an hour before the real time), so no check that compares with
-the real clock is ever confused.
-
-The end of the day: when a device's reading at the day's end is stored, its meter is
-switched off (it answers with Modbus exceptions: a device signs nothing from a meter in
-fault), so the number of readings each device signed is final; EVs still charging leave;
-the gateway runs until every interval of the day and every trade is settled and the
-outbox is on chain, then stops (SIGTERM); what it queued in the meantime is carried to
-the chain by the ledger worker alone. Then `egs-gw ledger reconcile`; the report
-(sim/report.py) and the invariants (sim/invariants.py) read what is left.
+Every part is the real one, started the way an operator would start it (docs/demo.md,
+"What runs"): the stack of sim/stack.py (Anvil with EEA and WATT, the secured mosquitto,
+`egs-gw run`), one MicroPython process per household running the real firmware,
+provisioned over its console, an emulated meter each (sim/households.py), EEA deposits,
+market agents, the charge park (sim/park.py), and at 40 % of the day the attacker of
+sim/tamper.py. One clock for every process (gateway/clock.py): the day runs in
+`24 h / speed` real time and lies in the past, so no check against the real clock is
+confused. How the day ends before the report (sim/report.py) and the invariants
+(sim/invariants.py) read what is left: docs/demo.md, "The end of the day".
 
 Everything started here is on the stack's stop list and is stopped on the way out (normal
 end, error, Ctrl-C, SIGTERM) in reverse order of its start.
@@ -386,6 +374,10 @@ class Community:
 
     # -- the end of the day ------------------------------------------------------------------
     def _finish(self):
+        """The end of the day: EVs still charging leave; the gateway runs until every
+        interval of the day and every trade is settled and the outbox is on chain, then
+        stops (SIGTERM); what it queued in the meantime is carried to the chain by the
+        ledger worker alone. Then `egs-gw ledger reconcile`."""
         stack = self.stack
         self.say("  the day is over: meters off, EVs gone; settling the last intervals")
         if self.park is not None:

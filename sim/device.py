@@ -7,12 +7,15 @@ the state directory, the console is the process's stdin/stdout.
 
     egs-sim device [--config FILE] [--meter tcp:HOST:PORT|TTY] [--meter-model sdm630]
                    [--broker HOST:PORT] [--community ID] [--device-id ID] [--interval S]
-                   [--state-dir DIR] [--mqtt-user U --mqtt-password P]
+                   [--state-dir DIR] [--mqtt-user U --mqtt-password-file F] [--pty LINK]
 
 Options override the file; the merged configuration is validated (firmware/config.py) and
 written to <state-dir>/config.json, where the firmware reads it. Without a key in the state
 directory the device generates one at boot, so its public key is new; it is printed to
-stderr by the firmware and published in the retained status message.
+stderr by the firmware and published in the retained status message. Without any
+configuration the device starts unprovisioned, for `egs-gw device provision --port LINK`
+on its --pty console. One device runs per state directory (a flock on <state-dir>/lock,
+inherited by the firmware), and SIGTERM/SIGINT are passed on to the firmware and waited for.
 
 DeviceProcess is the same thing for tests and the demo: start/kill (SIGKILL: a power cut)/
 restart, and request() to talk the provisioning protocol over the console.
@@ -335,6 +338,61 @@ class DeviceProcess(Service):
         raise TimeoutError(f"{text!r} not in device log:\n{self.log_text()[-2000:]}")
 
 
+LOCK_FILE = "lock"         # in the state directory: held (flock) while a device runs on it
+STOP_TIMEOUT_S = 10.0      # after SIGTERM/SIGINT, how long the firmware gets before SIGKILL
+
+
+class StateDirBusy(RuntimeError):
+    """Another process runs a device on this state directory."""
+
+
+def lock_state_dir(state_dir):
+    """Take <state_dir>/lock (fcntl.flock, exclusive) for this process and its firmware child;
+    → the open descriptor. The kernel drops the lock when the last holder exits, so a
+    device process killed with SIGKILL never leaves a stale lock behind."""
+    import fcntl
+
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+        os.close(fd)
+        who = f"pid {holder[0]}" if holder else "another process"
+        raise StateDirBusy(f"state directory {state} is in use by {who} (egs-sim device); "
+                           "stop it first, or give another --state-dir") from None
+    note_lock_holders(fd, os.getpid())
+    return fd
+
+
+def note_lock_holders(fd, *pids):
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (" ".join(map(str, pids)) + "\n").encode(), 0)
+
+
+def open_pty_console(link):
+    """A pseudo-terminal for the firmware's console: → (master, slave, tty path). `link`
+    becomes a symlink to the slave (like socat's link=), which pyserial opens as it would
+    /dev/ttyUSB0. The caller keeps the slave open, as a USB serial chip stays on the bus,
+    so the firmware never sees its console hang up."""
+    import tty
+
+    link = Path(link)
+    if link.is_symlink():
+        link.unlink()           # a stale link of an earlier run
+    elif link.exists():
+        raise click.UsageError(f"--pty {link} exists and is not a symlink")
+    master, slave = os.openpty()
+    tty.setraw(slave)           # no echo of the firmware's replies back into it
+    path = os.ttyname(slave)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(path, link)
+    return master, slave, path
+
+
 @click.command("device")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="JSON configuration (firmware/config.example.json); options override it.")
@@ -348,14 +406,30 @@ class DeviceProcess(Service):
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Key, counters, config and flash log. Default .state/devices/<device-id>.")
 @click.option("--mqtt-user", help="Per-device MQTT user name.")
-@click.option("--mqtt-password", help="Per-device MQTT password.")
+@click.option("--mqtt-password-file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="File holding the per-device MQTT password, - for stdin.")
+@click.option("--mqtt-password", help="The password itself (visible in shell history and ps; "
+              "warned about).")
+@click.option("--pty", "pty_link", type=click.Path(dir_okay=False),
+              help="Console on a pseudo-terminal, reachable at this symlink (for "
+                   "`egs-gw device provision --port LINK`) instead of stdin/stdout.")
 @click.option("--heapsize", default=DEFAULT_HEAP, show_default=True,
               help="MicroPython heap (an ESP32 has about 100K free).")
 def command(config_file, meter, meter_model, meter_unit, broker, community, device_id,
-            interval, state_dir, mqtt_user, mqtt_password, heapsize):
-    """Run the real firmware under MicroPython (console on stdin/stdout)."""
-    from firmware import config
+            interval, state_dir, mqtt_user, mqtt_password_file, mqtt_password, pty_link, heapsize):
+    """Run the real firmware under MicroPython (console on stdin/stdout, or --pty).
 
+    Without a configuration (no --config, none in the state directory, no options) the
+    device starts unprovisioned and waits on its console for `egs-gw device provision`.
+    SIGTERM/SIGINT are passed to the firmware, which is waited for; one device at a time
+    runs on a state directory."""
+    from firmware import config
+    from gateway.cliutil import secret_option
+
+    if mqtt_password_file == "-" and not pty_link:
+        raise click.UsageError("--mqtt-password-file -: stdin is the device's console (use --pty)")
+    mqtt_password = secret_option(mqtt_password, mqtt_password_file, "--mqtt-password",
+                                  allow_empty=True)
     base = {}
     if config_file:
         try:
@@ -369,6 +443,10 @@ def command(config_file, meter, meter_model, meter_unit, broker, community, devi
         if not name:
             raise click.UsageError("give --state-dir or --device-id")
         state_dir = ROOT / ".state" / "devices" / str(name)
+    try:
+        lock_fd = lock_state_dir(state_dir)
+    except StateDirBusy as e:
+        raise click.ClickException(str(e)) from None
     existing = Path(state_dir) / "config.json"
     if not config_file and existing.exists():
         try:
@@ -377,22 +455,72 @@ def command(config_file, meter, meter_model, meter_unit, broker, community, devi
             base = {}
         if not isinstance(base, dict):
             base = {}
-    try:
-        cfg = build_config(base, meter=meter, meter_model=meter_model, meter_unit=meter_unit,
-                           broker=broker, community=community, device_id=device_id,
-                           interval=interval, mqtt_user=mqtt_user, mqtt_password=mqtt_password)
-    except config.ConfigError as e:
-        raise click.UsageError(str(e)) from None
-    path = write_config(state_dir, cfg)
-    click.echo(f"device {cfg['device_id']}: config {path}; console on stdin/stdout "
-               f"(one JSON command per line, e.g. {{\"cmd\":\"status\"}})", err=True)
+    options = {"meter": meter, "meter_model": meter_model, "meter_unit": meter_unit,
+               "broker": broker, "community": community, "device_id": device_id,
+               "interval": interval, "mqtt_user": mqtt_user, "mqtt_password": mqtt_password}
+    if base or any(v is not None for v in options.values()):
+        try:
+            cfg = build_config(base, **options)
+        except config.ConfigError as e:
+            raise click.UsageError(str(e)) from None
+        path = write_config(state_dir, cfg)
+        what = f"device {cfg['device_id']}: config {path}"
+    else:
+        os.chmod(state_dir, 0o700)
+        what = f"device in {state_dir}: unprovisioned"
+    console, fds = None, []
+    if pty_link:
+        master, slave, tty_path = open_pty_console(pty_link)
+        console, fds = master, [master, slave]
+        click.echo(f"{what}; console on {pty_link} ({tty_path})", err=True)
+    else:
+        click.echo(f"{what}; console on stdin/stdout "
+                   f"(one JSON command per line, e.g. {{\"cmd\":\"status\"}})", err=True)
     argv = firmware_argv(state_dir, heapsize)
+    sys.exit(_run_firmware(argv, console, lock_fd, pty_link, fds))
+
+
+def _run_firmware(argv, console, lock_fd, pty_link, fds):
+    """Run the firmware until it exits (again after a reboot); a SIGTERM/SIGINT/SIGHUP is
+    passed on to it and it is waited for (SIGKILL after STOP_TIMEOUT_S). → exit status."""
+    stopping = []
+    proc = None
+
+    def forward(signum, frame):
+        stopping.append(signum)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    rc = 0
     try:
-        while True:
-            rc = subprocess.call(argv, cwd=ROOT, env=firmware_env())
+        while not stopping:
+            # the child inherits the lock: a firmware outliving this process keeps its dir
+            proc = subprocess.Popen(argv, cwd=ROOT, env=firmware_env(), stdin=console,
+                                    stdout=console, pass_fds=(lock_fd,))
+            note_lock_holders(lock_fd, os.getpid(), proc.pid)
+            if stopping:
+                proc.send_signal(stopping[-1])
+            deadline = None
+            while True:
+                try:
+                    rc = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if stopping:
+                        deadline = deadline or time.monotonic() + STOP_TIMEOUT_S
+                        if time.monotonic() > deadline:
+                            proc.kill()
             if rc != REBOOT_EXIT:
                 break
-            click.echo("device rebooting", err=True)
-    except KeyboardInterrupt:
-        rc = 130
-    sys.exit(rc)
+            if not stopping:
+                click.echo("device rebooting", err=True)
+    finally:
+        if pty_link and Path(pty_link).is_symlink():
+            Path(pty_link).unlink()
+        for fd in fds:
+            os.close(fd)
+    if stopping:
+        return 130 if stopping[0] == signal.SIGINT else 0
+    return rc if rc >= 0 else 128 - rc

@@ -4,33 +4,14 @@ A pymodbus 3 server (SimDevice datastore, RTU framing) serving the register maps
 firmware/meters.py, so the emulator and the firmware read the same table. Energy counters
 advance from a power profile (sim/profiles.py) on a simulated clock (its own, from
 start_epoch at `speed`; or, when EGS_CLOCK is set and no start_epoch is given, the demo's
-shared clock, gateway/clock.py); faults are injected while it runs. Subclasses may override
-`power_at(t)` for other profiles (sim/households.py).
+shared clock, gateway/clock.py); faults are injected while it runs (FAULTS). Subclasses
+may override `power_at(t)` for other profiles (sim/households.py).
 
-Links:
-- serial: `--serial-link PATH`. If PATH is an existing tty (a USB RS-485 adapter for
-  hardware-in-the-loop runs) pymodbus opens it. Otherwise the emulator creates a
-  pseudo-terminal link and publishes its far end as a symlink at PATH. pymodbus opens its
-  port by path through pyserial, and a pty master has no path, so the link is two pty pairs
-  joined master to master (a null-modem cable): pymodbus/pyserial opens one slave, the
-  firmware opens the other (the symlink). Both slaves are in raw mode; every RTU byte
-  crosses two real ttys. A symlink at PATH into /dev/pts is taken for a link left by a
-  killed earlier run and replaced; a symlink to anything else (/dev/serial/by-id/...) is
-  followed to the real tty.
-- TCP: `--tcp HOST:PORT`, RTU frames (with CRC) over TCP, for runs with many meters.
-
-Faults (set_fault(kind, count=None, **params); count None = until cleared):
-  timeout         no reply                      crc             last CRC byte flipped
-  exception       exception reply, code=N       slow            reply after delay_s seconds
-  nan             energy/power registers hold the model's NaN / "not available" pattern
-  infinite        float registers hold +inf     negative        energy registers negative
-  garbage         noise bytes before the reply (a valid frame follows)
-  noise           noise bytes instead of the reply
-  short           reply cut in half             wrong_unit      reply from another unit
-  wrong_function  reply echoes another function code
-Counter reset or decrease: set_energy(import_wh=..., export_wh=...).
-From the CLI: `--fault KIND[:COUNT]`, and `--control FILE`: a JSON object re-read whenever the
-file changes, e.g. {"fault": "crc", "count": 2}, {"fault": null}, {"import_wh": 0}.
+Links: `--serial-link PATH`, a real tty (a USB RS-485 adapter for hardware-in-the-loop
+runs) or a pseudo-terminal link the emulator makes (`_open_serial_link`); or `--tcp
+HOST:PORT`, RTU frames (with CRC) over TCP, for runs with many meters. From the CLI:
+`--fault KIND[:COUNT]`, and `--control FILE`: a JSON object re-read whenever the file
+changes, e.g. {"fault": "crc", "count": 2}, {"fault": null}, {"import_wh": 0}.
 """
 import asyncio
 import errno
@@ -57,6 +38,16 @@ from gateway import clock
 from sim.profiles import PROFILES, profile_power_w
 
 WMS_PER_WH = 3_600_000          # energy is integrated in W*ms
+# Faults (set_fault(kind, count=None, **params); count None = until cleared):
+#   timeout         no reply                      crc             last CRC byte flipped
+#   exception       exception reply, code=N       slow            reply after delay_s seconds
+#   nan             energy/power registers hold the model's NaN / "not available" pattern
+#   infinite        float registers hold +inf     negative        energy registers negative
+#   garbage         noise bytes before the reply (a valid frame follows)
+#   noise           noise bytes instead of the reply
+#   short           reply cut in half             wrong_unit      reply from another unit
+#   wrong_function  reply echoes another function code
+# Counter reset or decrease: set_energy(import_wh=..., export_wh=...).
 FAULTS = ("timeout", "crc", "exception", "slow", "nan", "infinite", "negative", "garbage",
           "noise", "short", "wrong_unit", "wrong_function")
 _VALUE_FAULTS = ("nan", "infinite", "negative")
@@ -376,7 +367,17 @@ class MeterEmulator:
             raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {where}: {exc}") from None
 
     def _open_serial_link(self):
-        """Path pymodbus opens: the given tty, or one end of a new pty link (see module doc)."""
+        """Path pymodbus opens: the given tty, or one end of a new pty link.
+
+        If serial_link is an existing tty, pymodbus opens it. Otherwise the link is made
+        here and its far end published as a symlink at serial_link. pymodbus opens its port
+        by path through pyserial, and a pty master has no path, so the link is two pty
+        pairs joined master to master (a null-modem cable): pymodbus/pyserial opens one
+        slave, the firmware opens the other (the symlink). Both slaves are in raw mode;
+        every RTU byte crosses two real ttys. A symlink into /dev/pts is taken for a link
+        left by a killed earlier run and replaced; a symlink to anything else
+        (/dev/serial/by-id/...) is followed to the real tty.
+        """
         link = Path(self.serial_link)
         if link.is_symlink() and not os.path.realpath(link).startswith("/dev/pts/"):
             link = Path(os.path.realpath(link))   # e.g. /dev/serial/by-id/... -> ttyUSB0

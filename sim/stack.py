@@ -173,7 +173,7 @@ class Stack:
         """`egs-gw broker config` (users and ACL of every device known so far, and the
         gateway's), then mosquitto on that configuration."""
         args = ["broker", "config", "--out", self.broker_dir, "--community", self.community,
-                "--host", self.broker_host, "--port", self.broker_port]
+                "--host", self.broker_host, "--port", self.broker_port, "--init"]
         if os.geteuid() == 0:
             args += ["--run-as", "root"]
         self.broker_summary = self.gw(*args)

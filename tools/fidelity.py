@@ -5,30 +5,13 @@ Three checks close the gap, each run by tests/test_fidelity.py and by hand with
 
     .venv/bin/python -m tools.fidelity          # all checks, figures printed
 
-1. Types against the ESP32 port (pyright, tools/pyright/esp32.json). The checker sees the
-   ESP32 port's modules (micropython-esp32-esp32-generic-stubs, in .stubs/esp32) and, instead
-   of CPython's typeshed, MicroPython's reduced stdlib (micropython-stdlib-stubs, in
-   .stubs/stdlib, given as `typeshedPath`). CPython's own library cannot leak in: pyright
-   normally adds the search paths of the `python` it finds on PATH, so the configs point it
-   at an empty virtual environment (tools/pyright/no-venv). Result: `import dataclasses`,
-   `time.monotonic()` or `machine.UART(..., rts=...)` with a wrong signature is an error.
-   The unix HAL (firmware/hal/unix*.py) is checked the same way against the unix port's
-   stubs (tools/pyright/unix.json). Zero errors; a suppression must name its rule and say
-   why (`# pyright: ignore[rule] -- reason`), see `suppressions()`.
+1. Types against the ESP32 port (pyright; how CPython is kept out: above ESP32_CONFIG):
+   `import dataclasses`, `time.monotonic()` or `machine.UART(..., rts=...)` with a wrong
+   signature is an error. Zero errors; a suppression must name its rule and say why
+   (`# pyright: ignore[rule] -- reason`), see `suppressions()`.
 2. Cross-compilation with mpy-cross (the same MicroPython version) for -march=xtensawin:
    every device module must compile; the total .mpy size must stay within APP_BUDGET.
-3. No float on the energy path (ESP32 floats are single precision: 98,765.432 kWh is not
-   representable). `float_findings()` is a static AST check of the modules and functions in
-   ENERGY_PATH. It is sound for what it covers because in Python a float can only come from:
-   a float literal, true division `/`, `**` with a negative exponent, a call that returns
-   one (`float()`, `math.*`, `struct` formats f/d/e, `time.time()` on unix), or a float
-   argument. The first three are syntax and are forbidden outright in those functions; of
-   the calls, the float-making builtins and modules are forbidden by name; float arguments
-   are refused at the entry points at run time (ocmf._check_int, the meters decode from
-   `int.from_bytes`). What a static check cannot see (a helper in another module that
-   returns a float) is covered by a run-time check under MicroPython in the tests: energy
-   values above 2**53 Wh, where even a double loses whole Wh, go through the real decoding,
-   OCMF building and flash-log round trip and must come out digit for digit.
+3. No float on the energy path (ESP32 floats are single precision): `float_findings()`.
 """
 import ast
 import json
@@ -39,6 +22,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYRIGHT_DIR = ROOT / "tools" / "pyright"
+# The checker sees the ESP32 port's modules (micropython-esp32-esp32-generic-stubs, in
+# .stubs/esp32) and, instead of CPython's typeshed, MicroPython's reduced stdlib
+# (micropython-stdlib-stubs, in .stubs/stdlib, given as `typeshedPath`). CPython's own
+# library cannot leak in: pyright normally adds the search paths of the `python` it finds
+# on PATH, so the configs point it at an empty virtual environment (tools/pyright/no-venv).
+# The unix HAL (firmware/hal/unix*.py) is checked the same way against the unix port's
+# stubs (UNIX_CONFIG).
 ESP32_CONFIG = PYRIGHT_DIR / "esp32.json"
 UNIX_CONFIG = PYRIGHT_DIR / "unix.json"
 STUBS = ROOT / ".stubs"
@@ -275,6 +265,17 @@ def float_findings(energy_path=None, root=None):
 
     A module or function named in the path that does not exist is a finding too, so the
     list cannot silently go stale when code moves.
+
+    Sound for what it covers, because in Python a float can only come from: a float
+    literal, true division `/`, `**` with a negative exponent, a call that returns one
+    (`float()`, `math.*`, `struct` formats f/d/e, `time.time()` on unix), or a float
+    argument. The first three are syntax and are forbidden outright in those functions; of
+    the calls, the float-making builtins and modules are forbidden by name; float arguments
+    are refused at the entry points at run time (ocmf._check_int, the meters decode from
+    `int.from_bytes`). What a static check cannot see (a helper in another module that
+    returns a float) is covered by a run-time check under MicroPython in the tests: energy
+    values above 2**53 Wh, where even a double loses whole Wh, go through the real
+    decoding, OCMF building and flash-log round trip and must come out digit for digit.
     """
     energy_path = ENERGY_PATH if energy_path is None else energy_path
     root = ROOT if root is None else root

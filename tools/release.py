@@ -5,21 +5,11 @@
     .venv/bin/python -m tools.release verify BUNDLE --pubkey HEX|FILE
 
 The bundle (format in protocol/bundle.py) holds the .mpy of every device module (the one
-list in firmware/manifest.py, through tools/fidelity.device_modules), a manifest with each
-file's name, size and SHA-256, the firmware version (FW_VERSION in firmware/version.py, so
-the bundle and the code it carries cannot disagree) and an ECDSA P-256 signature over the
-manifest by the release key.
-
-Reproducible: the same sources give a byte-identical bundle. mpy-cross output depends only
-on the source and the embedded name (the repository path); the tar has fixed order, mtime
-0, uid/gid 0, no user names, ustar format; the signature is deterministic (RFC 6979 in
-protocol/p256.py, which is also what the device verifies with; `cryptography` would draw a
-random nonce).
-
-The release key: a PEM file given by --key or $EGS_RELEASE_KEY. `make firmware` without
-one creates a development key in .state/release-dev.pem (git-ignored) and says so; a
-production key is made once with `keygen` and kept off the build machine's repository.
-Devices learn the matching public key when they are installed (`egs-gw device flash`).
+list in firmware/manifest.py), a manifest with each file's name, size and SHA-256 and the
+firmware version (FW_VERSION in firmware/version.py, so the bundle and the code it carries
+cannot disagree), signed by the release key. Reproducible: the same sources give a
+byte-identical bundle (`pack`). The release key is a PEM file given by --key or
+$EGS_RELEASE_KEY; production and development keys: docs/installer.md, section 1.
 """
 import argparse
 import hashlib
@@ -121,7 +111,14 @@ def _tarinfo(name, size):
 
 
 def pack(files, secret, version, port="esp32", march=fidelity.MARCH):
-    """Bundle bytes from {name: bytes} (names as on the device, e.g. firmware/app.mpy)."""
+    """Bundle bytes from {name: bytes} (names as on the device, e.g. firmware/app.mpy).
+
+    Byte-identical for the same files: the tar has fixed order, mtime 0, uid/gid 0, no user
+    names, ustar format; the signature is deterministic (RFC 6979 in protocol/p256.py, which
+    is also what the device verifies with; `cryptography` would draw a random nonce). The
+    files themselves are reproducible too: mpy-cross output depends only on the source and
+    the embedded name (the repository path).
+    """
     entries = [[name, len(data), hashlib.sha256(data).hexdigest()]
                for name, data in sorted(files.items())]
     manifest = {"files": entries, "format": bundle_mod.FORMAT, "march": march or "none",

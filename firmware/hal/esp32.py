@@ -137,7 +137,7 @@ class Hal:
         self._sync_time()
         return True
 
-    def connect_tcp(self, host, port, tls=False, ca="", timeout_ms=5000):
+    def connect_tcp(self, host, port, tls=False, ca="", insecure=False, timeout_ms=5000):
         import socket
 
         # DNS, TCP, TLS and then the CONNACK wait each block: the watchdog is fed between
@@ -150,16 +150,9 @@ class Hal:
             sock.connect(addr)
             self.feed_watchdog()
             if tls:
-                import ssl
+                from firmware.hal.tls import wrap
 
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                if ca:
-                    with open(ca, "rb") as f:
-                        ctx.load_verify_locations(cadata=f.read())
-                    ctx.verify_mode = ssl.CERT_REQUIRED
-                else:
-                    ctx.verify_mode = ssl.CERT_NONE
-                sock = ctx.wrap_socket(sock, server_hostname=host)
+                sock = wrap(sock, host, ca, insecure)
                 self.feed_watchdog()
         except Exception:
             sock.close()

@@ -1,22 +1,12 @@
 """ESP32 HAL: over-the-air update of MicroPython itself, through esp32.Partition.
 
-The application (the .mpy files) is updated by firmware/ota.py into A/B directories on
-the file system. MicroPython itself lives in the ESP32's OTA app partitions (ota_0 /
-ota_1, on boards flashed with an OTA partition table) and has its own A/B switch in the
-ESP-IDF bootloader: write the image into the partition after the running one, set it as
-the boot partition, reset; the bootloader boots it once and rolls back on the next reset
-unless the new image calls `mark_app_valid_cancel_rollback()`.
-
-This module is that path behind the HAL, so nothing else in firmware/ touches
-esp32.Partition:
-- `PartitionWriter(size)` streams an image into the next update partition, block by
-  block (4096 bytes, erased and written by writeblocks), checking its SHA-256 at the end
-  against the one the signed manifest gives; `finish()` makes it the boot partition.
-- `confirm()` marks the running image valid; firmware/ota.py calls it when the
-  application confirms itself (first signed reading after an update), so one rule decides
-  for both layers. On images without rollback support the call raises OSError(-261),
-  which is not an error for us.
-- `running_label()` names the partition running now, for the status message.
+The application (the .mpy files) is updated by firmware/ota.py into A/B directories on the
+file system. MicroPython itself lives in the ESP32's OTA app partitions (ota_0 / ota_1, on
+boards flashed with an OTA partition table) and has its own A/B switch in the ESP-IDF
+bootloader: it boots a new image once and rolls back on the next reset unless the image
+calls `mark_app_valid_cancel_rollback()`. This module is that path behind the HAL, so
+nothing else in firmware/ touches esp32.Partition. `confirm()` is called when the
+application confirms itself (firmware/app.py), so one rule decides for both layers.
 
 It can only run on an ESP32; tests/test_fidelity.py type-checks it against the ESP32
 stubs, so its calls match the port's API.
@@ -39,6 +29,7 @@ def _running():
     return esp32.Partition(esp32.Partition.RUNNING)  # pyright: ignore[reportArgumentType] -- stub says str, port takes RUNNING (int) too
 
 
+# The partition running now, for the status message.
 def running_label():
     return _running().info()[4]
 
@@ -48,9 +39,12 @@ def confirm():
     try:
         esp32.Partition.mark_app_valid_cancel_rollback()
     except OSError:
-        pass          # image without rollback support: nothing to confirm
+        pass          # image without rollback support (OSError -261): nothing to confirm
 
 
+# Streams an image into the next update partition block by block (BLOCK bytes, erased and
+# written by writeblocks), checks its SHA-256 at the end against the one the signed manifest
+# gives; finish() makes it the boot partition.
 class PartitionWriter:
     """Write a MicroPython image of `size` bytes into the next OTA partition."""
 

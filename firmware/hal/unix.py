@@ -188,7 +188,7 @@ class Hal:
     def network_info(self):
         return {}
 
-    def connect_tcp(self, host, port, tls=False, ca="", timeout_ms=5000):
+    def connect_tcp(self, host, port, tls=False, ca="", insecure=False, timeout_ms=5000):
         import socket
 
         addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
@@ -197,15 +197,9 @@ class Hal:
             sock.settimeout(timeout_ms / 1000)
             sock.connect(addr)
             if tls:
-                import ssl
+                from firmware.hal.tls import wrap
 
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                if ca:
-                    ctx.load_verify_locations(cafile=ca)
-                    ctx.verify_mode = ssl.CERT_REQUIRED
-                else:
-                    ctx.verify_mode = ssl.CERT_NONE
-                sock = ctx.wrap_socket(sock, server_hostname=host)
+                sock = wrap(sock, host, ca, insecure)
         except Exception:
             sock.close()
             raise

@@ -1,25 +1,18 @@
 """Meter links for the unix port: a tty (USB RS-485 adapter or a pseudo-terminal) and
 RTU frames over TCP. Interface: firmware/hal/uart.py. Runs under MicroPython and CPython.
 
-Facts this relies on (checked on MicroPython v1.29 unix, Linux):
-- open(path, "r+b") opens a tty unbuffered; select.poll() waits on the file object; read(n)
-  after POLLIN returns what is there (one read(2)), so read() never blocks.
-- The unix port does have a `termios` module (tcgetattr, tcsetattr, setraw, a few B*
-  constants). We put the tty in raw mode ourselves (no echo, no CR/LF mapping, 8 bits, no
-  flow control: RTU bytes must cross unchanged) instead of trusting the other side to have
-  done it: for a pseudo-terminal the emulator also sets raw mode on the slave, and the
-  settings are shared, so doing it twice is harmless. CPython has no termios.setraw, and
-  the unix port has no `tty` module (so this module cannot import it); under CPython
-  _setraw() clears the same flags as CPython 3.11's tty.setraw().
-- termios on the unix port lacks B2400/B4800/B19200/B38400 and the PARENB/PARODD/CSTOPB
-  flags (and the VMIN/VTIME indices); we use the Linux values for those (the unix port is
-  only used on Linux here). On a pseudo-terminal the line speed means nothing; on a USB adapter it is the meter's baud rate.
+The tty is opened unbuffered and waited on with select.poll(), so read() never blocks, and
+it is put in raw mode here (RTU bytes must cross unchanged) rather than trusting the other
+side to have done it. The unix port's termios is incomplete; the facts this relies on
+(checked on MicroPython v1.29 unix, Linux) are noted beside the code that uses them.
 """
 import select
 
 from firmware.hal.uart import Uart
 
-# Linux termios values missing from MicroPython's termios module.
+# Linux termios values missing from MicroPython's termios module: it lacks B2400/B4800/
+# B19200/B38400 and the PARENB/PARODD/CSTOPB flags (and the VMIN/VTIME indices); the unix
+# port is only used on Linux here.
 _LINUX_BAUD = {1200: 0o11, 2400: 0o13, 4800: 0o14, 9600: 0o15, 19200: 0o16, 38400: 0o17,
                57600: 0o10001, 115200: 0o10002}
 _CSTOPB = 0o100
@@ -41,6 +34,9 @@ _RAW_LFLAG = 0o10 | 0o2 | 0o100000 | 0o1          # ECHO ICANON IEXTEN ISIG
 _TCSAFLUSH = 2
 
 
+# The unix port's termios has setraw() (and tcgetattr, tcsetattr, a few B* constants);
+# CPython's has no setraw, and the unix port has no `tty` module (so this module cannot
+# import it): under CPython _setraw() clears the same flags as CPython 3.11's tty.setraw().
 def _setraw(termios, fd):
     attrs = termios.tcgetattr(fd)
     attrs[0] &= ~_RAW_IFLAG
@@ -52,6 +48,10 @@ def _setraw(termios, fd):
     termios.tcsetattr(fd, _TCSAFLUSH, attrs)
 
 
+# Raw mode: no echo, no CR/LF mapping, 8 bits, no flow control. For a pseudo-terminal the
+# emulator also sets raw mode on the slave, and the settings are shared, so doing it twice
+# is harmless. On a pseudo-terminal the line speed means nothing; on a USB adapter it is
+# the meter's baud rate.
 def _configure(fd, baudrate, parity, stopbits):
     try:
         import termios
@@ -99,6 +99,8 @@ class TtyUart(Uart):
         self._closed = False
         self._open()  # a wrong path at start is a configuration error: raise it
 
+    # open(path, "r+b") opens a tty unbuffered; select.poll() waits on the file object, and
+    # read(n) after POLLIN returns what is there (one read(2)).
     def _open(self):
         f = open(self.path, "r+b", buffering=0)  # noqa: SIM115 - kept open
         try:

@@ -19,8 +19,12 @@ Written into one directory:
                         to `egs-gw run --mqtt-password-file` and to `egs-gw device update`
 
 Running it again keeps existing passwords (devices already provisioned stay valid),
-adds new devices and drops revoked ones. mosquitto re-reads passwd and acl on SIGHUP:
-`reload` sends it to the broker running this configuration (its pid file is in data/).
+adds new devices and drops revoked ones; a device user in passwd that the database does not
+know (a wrong --db) is never dropped silently: `LostUsers` unless `force`. mosquitto re-reads
+passwd and acl on SIGHUP: `reload` sends it to the broker running this configuration (its
+pid file is in data/). A revoked device's password is set aside in credentials/revoked/, so
+`device restore` can give the device back the login it still holds; `rotate_credential`
+gives one device a new password.
 """
 import logging
 import os
@@ -38,6 +42,16 @@ log = logging.getLogger("egs.gateway.devices.broker")
 
 class BrokerError(ValueError):
     pass
+
+
+class LostUsers(BrokerError):
+    """The new passwd would drop device users the current one has (`users`)."""
+
+    def __init__(self, passwd, users):
+        self.users = users
+        shown = ", ".join(users[:10]) + (", …" if len(users) > 10 else "")
+        super().__init__(f"{len(users)} device user(s) in {passwd} are not devices of this "
+                         f"database and would lose their broker login: {shown}")
 
 
 def _passwd_tool():
@@ -74,6 +88,15 @@ def credential(out_dir, user, create=True):
     password = secrets.token_urlsafe(24)
     _write_private(path, password + "\n")
     return password
+
+
+def passwd_users(out_dir):
+    """The user names in the broker directory's passwd (empty when there is none)."""
+    try:
+        lines = (Path(out_dir) / "passwd").read_text().splitlines()
+    except OSError:
+        return set()
+    return {line.split(":", 1)[0] for line in lines if ":" in line}
 
 
 def _check_user(user):
@@ -201,8 +224,12 @@ def _share_with_broker(out, run_as):
 
 def write_config(conn, out_dir, community, host="127.0.0.1", port=1883, tls_port=0,
                  tls_host="0.0.0.0", certfile="", keyfile="", cafile="", gateway_user="egs-gateway",
-                 run_as="", updater_user=UPDATER_USER):
-    """Write the broker directory; returns a summary dict."""
+                 run_as="", updater_user=UPDATER_USER, force=False):
+    """Write the broker directory; returns a summary dict.
+
+    Refuses (LostUsers) to drop a device user of the current passwd that is neither a
+    device of `conn` nor a revoked one, unless `force`: a mistyped database must not lock
+    every meter out of the live broker."""
     from protocol.topics import check_id
     try:
         check_id(community, "community")
@@ -226,6 +253,11 @@ def write_config(conn, out_dir, community, host="127.0.0.1", port=1883, tls_port
         if user in ids:
             raise BrokerError(f"{what} user {user!r} is also a device id; choose another")
     out = Path(out_dir)
+    revoked = {d["id"] for d in store.list_devices(conn) if d["revoked"]}
+    lost = sorted(passwd_users(out) - set(ids) - revoked - own_users(out)
+                  - {gateway_user, updater_user})
+    if lost and not force:
+        raise LostUsers(out / "passwd", lost)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     (out / "data").mkdir(exist_ok=True, mode=0o700)
     conf = conf_text(out, host, port, tls_port, tls_host, certfile, keyfile, cafile, run_as)
@@ -302,8 +334,13 @@ def updater_login(cfg):
     return UPDATER_USER, read_password(path, "mqtt.updater_password_file")
 
 
+def revoked_credential_path(out_dir, user):
+    return Path(out_dir) / "credentials" / "revoked" / f"{user}.password"
+
+
 def remove_credential(out_dir, user):
-    """Drop a (revoked) device from the password file; True if it was there."""
+    """Drop a (revoked) device from the password file; True if it was there. Its clear-text
+    password is set aside (credentials/revoked/, 0600) for `restore_credential`."""
     out = Path(out_dir)
     passwd = out / "passwd"
     if not passwd.exists():
@@ -314,8 +351,46 @@ def remove_credential(out_dir, user):
         if res.returncode != 0:
             raise BrokerError(f"mosquitto_passwd failed: {(res.stderr or res.stdout).strip()}")
         _share_with_broker(out, "")
-    credential_path(out, user).unlink(missing_ok=True)
+    path = credential_path(out, user)
+    if path.exists():
+        aside = revoked_credential_path(out, user)
+        aside.parent.mkdir(exist_ok=True, mode=0o700)
+        os.replace(path, aside)
     return present
+
+
+def restore_credential(out_dir, user):
+    """Put a restored device back into the password file, with the password it had when it
+    was revoked if that was set aside. Returns True if that old password is back (the
+    device logs in again as it is), False if the device got a new one."""
+    out = Path(out_dir)
+    if not (out / "passwd").exists():
+        raise BrokerError(f"no broker configuration in {out} (run `egs-gw broker config --out {out}`)")
+    path, aside = credential_path(out, user), revoked_credential_path(out, user)
+    if aside.exists() and not path.exists():
+        os.replace(aside, path)
+    kept = path.exists()
+    add_credential(out, user)
+    return kept
+
+
+def new_password():
+    return secrets.token_urlsafe(24)
+
+
+def rotate_credential(out_dir, user, password=None):
+    """Give one device user a new password (`password`, else a fresh one): saved 0600 in
+    credentials/ and hashed into passwd (the old one stops working at the broker's next
+    reload). Returns it."""
+    out = Path(out_dir)
+    if not (out / "passwd").exists():
+        raise BrokerError(f"no broker configuration in {out} (run `egs-gw broker config --out {out}`)")
+    if user in own_users(out):
+        raise BrokerError(f"{user!r} is the broker's own MQTT user, not a device")
+    path = credential_path(out, _check_user(user))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_private(path, (password or new_password()) + "\n")
+    return add_credential(out, user)
 
 
 def reload(out_dir):

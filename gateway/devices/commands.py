@@ -1,12 +1,13 @@
 """`egs-gw device …` and `egs-gw broker …`: the device lifecycle from the command line.
 
-    device add | list | show | revoke | replace-meter | provision | flash | update
+    device add | list | show | set | revoke | restore | rotate-password | replace-meter
+           | provision | flash | update
     broker config
 
 Options and output only: the work is done beside this module (provision, installer,
 update_server, broker) and by ingest's store, which holds the device registry. Every
-command takes --config/--db/--json; mistakes are one line on stderr and exit status 1
-(flash and update are plain click commands: a usage mistake prints click's usage, exit 2).
+command takes --config/--db/--json; mistakes are one line on stderr, exit status 1
+(2 for a usage mistake).
 """
 import tempfile
 from pathlib import Path
@@ -16,12 +17,15 @@ import click
 from gateway import config as config_mod
 from gateway.cliutil import (
     OneLineGroup,
+    Seconds,
     UserError,
     common_options,
+    confirm,
     console,
     error_console,
     iso,
     read_public_key,
+    secret_option,
     table,
 )
 from gateway.devices import broker as broker_mod
@@ -123,9 +127,13 @@ def device_show(app, device_id):
 @click.option("--reason", default="", help="Recorded with the security event.")
 @click.option("--broker-dir", type=click.Path(file_okay=False),
               help="Broker directory to drop the device's credential from (default: broker.dir).")
-def device_revoke(app, device_id, reason, broker_dir):
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts).")
+def device_revoke(app, device_id, reason, broker_dir, yes):
     """Stop accepting a device's readings and drop its broker credential."""
     conn = store.init_if_needed(app.conn(must_exist=True))
+    if store.require_device(conn, device_id)["revoked"]:
+        raise UserError(f"device {device_id} is already revoked")
+    confirm(yes, f"revoke device {device_id} (its readings are refused, its broker login removed)?")
     d = store.revoke_device(conn, device_id, reason)
     bdir = broker_dir or app.config["broker"]["dir"]
     removed = broker_mod.remove_credential(bdir, device_id) if Path(bdir).is_dir() else False
@@ -136,6 +144,97 @@ def device_revoke(app, device_id, reason, broker_dir):
         f"revoked [bold]{o['id']}[/]" + (f"; credential removed from {bdir}/passwd" if removed else "")
         + ("; mosquitto reloaded" if o["broker_reloaded"] else
            (" (reload mosquitto: SIGHUP)" if removed else ""))))
+
+
+@device.command("restore")
+@common_options
+@click.option("--id", "device_id", required=True)
+@click.option("--note", default="", help="Why (recorded with the security event).")
+@click.option("--broker-dir", type=click.Path(file_okay=False),
+              help="Broker directory to give the device's credential back to (default: broker.dir).")
+def device_restore(app, device_id, note, broker_dir):
+    """Undo `device revoke`: accept the device's readings again and restore its broker login."""
+    conn = store.init_if_needed(app.conn(must_exist=True))
+    d = store.restore_device(conn, device_id, note)
+    bdir = broker_dir or app.config["broker"]["dir"]
+    has_broker = (Path(bdir) / "passwd").exists()
+    kept = broker_mod.restore_credential(bdir, device_id) if has_broker else False
+    out = _device_out(d)
+    out["broker_credential_restored"] = has_broker
+    out["password_kept"] = kept
+    out["broker_reloaded"] = broker_mod.reload(bdir) if has_broker else False
+
+    def human(o):
+        c = console()
+        c.print(f"restored [bold]{o['id']}[/]: its readings count again")
+        if not has_broker:
+            c.print(f"no broker configuration in {bdir}: run `egs-gw broker config` to give it its login")
+        elif not kept:
+            c.print(f"it has a new broker password: egs-gw device provision --port PORT --id {o['id']}")
+        if has_broker and not o["broker_reloaded"]:
+            c.print("reload mosquitto (SIGHUP)")
+
+    app.emit(out, human)
+
+
+@device.command("rotate-password")
+@common_options
+@click.argument("device_id", metavar="DEVICE")
+@click.option("--port", help="The device's serial console: the new password is pushed to it "
+              "there (else re-provision it with `device provision`).")
+@click.option("--broker-dir", type=click.Path(file_okay=False),
+              help="Broker directory (default: broker.dir).")
+@click.option("--baud", default=115200, show_default=True, type=int, help="Console baud rate.")
+@click.option("--timeout", default=30.0, show_default=True, type=Seconds(), help="Seconds per reply.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts).")
+def device_rotate_password(app, device_id, port, broker_dir, baud, timeout, yes):
+    """Give a device a new MQTT password (after a leak): the old one stops working."""
+    from gateway.devices import provision
+
+    conn = store.init_if_needed(app.conn(must_exist=True))
+    d = store.require_device(conn, device_id)
+    if d["revoked"]:
+        raise UserError(f"device {device_id} is revoked (`device restore` it first)")
+    bdir = broker_dir or app.config["broker"]["dir"]
+    if not (Path(bdir) / "passwd").exists():
+        raise UserError(f"no broker configuration in {bdir} (set --broker-dir or broker.dir)")
+    confirm(yes, f"give device {device_id} a new broker password (the old one stops working)?")
+    pushed = False
+    if port:
+        # the device first (it takes effect at its reboot), then the broker, then the reboot:
+        # a device that cannot be reached keeps its old, still valid password
+        con = provision.Console(port, baud, timeout)
+        try:
+            hello = con.request({"cmd": "hello"})
+            if hello.get("device_id") != device_id:
+                raise UserError(f"the device on {port} is {hello.get('device_id')!r}, not {device_id!r}")
+            if con.request({"cmd": "pubkey"}).get("pubkey", "").lower() != d["pubkey"].lower():
+                raise UserError(f"the device on {port} has another key than {device_id}'s registration")
+            password = broker_mod.new_password()
+            con.request({"cmd": "provision", "mqtt": {"username": device_id, "password": password}})
+            broker_mod.rotate_credential(bdir, device_id, password)
+            reloaded = broker_mod.reload(bdir)
+            con.request({"cmd": "reboot"})
+            pushed = True
+        finally:
+            con.close()
+    else:
+        broker_mod.rotate_credential(bdir, device_id)
+        reloaded = broker_mod.reload(bdir)
+    out = {"id": device_id, "credential_file": str(broker_mod.credential_path(bdir, device_id)),
+           "broker_reloaded": reloaded, "pushed_to_device": pushed}
+
+    def human(o):
+        c = console()
+        c.print(f"new broker password for [bold]{device_id}[/] in {o['credential_file']}")
+        if not reloaded:
+            c.print("reload mosquitto (SIGHUP) to retire the old password")
+        if pushed:
+            c.print(f"pushed to the device on {port}; it restarts with it")
+        else:
+            c.print(f"the device still has the old one: egs-gw device provision --port PORT --id {device_id}")
+
+    app.emit(out, human)
 
 
 @device.command("replace-meter")
@@ -152,45 +251,75 @@ def device_replace_meter(app, device_id, meter_serial, note):
         f"{o['id']}: meter {o['meter_serial']} registered (epoch {o['epoch']})"))
 
 
+@device.command("set")
+@common_options
+@click.argument("device_id", metavar="DEVICE")
+@click.option("--account", help="EVM address the device's energy is settled to.")
+@click.option("--no-account", is_flag=True, help="Settle its energy to no account.")
+def device_set(app, device_id, account, no_account):
+    """Change what the gateway stores about a device (its account)."""
+    if account is not None and no_account:
+        raise UserError("--account and --no-account contradict each other: give one")
+    if account is None and not no_account:
+        raise UserError("nothing to change: give --account ADDR or --no-account")
+    conn = store.init_if_needed(app.conn(must_exist=True))
+    out = _device_out(store.set_account(conn, device_id, None if no_account else account))
+    app.emit(out, lambda o: console().print(
+        f"{o['id']}: account {o['account'] or 'none'}"))
+
+
 @device.command("provision")
 @common_options
 @click.option("--port", required=True, help="Serial port of the device (e.g. /dev/ttyUSB0).")
 @click.option("--id", "device_id", required=True, help="Device id to give it.")
 @click.option("--community", help="Community id (default: gateway.community).")
 @click.option("--broker", "broker_addr", help="MQTT broker HOST:PORT the device connects to "
-              "(default: mqtt.broker).")
+              "(default for a new device: mqtt.broker; else unchanged).")
 @click.option("--broker-dir", type=click.Path(file_okay=False),
               help="Broker directory holding the credentials (default: broker.dir).")
-@click.option("--wifi-ssid", default="", help="Wi-Fi network (ESP32).")
-@click.option("--wifi-password", default="", help="Wi-Fi password (ESP32).")
-@click.option("--meter-model", default="sdm630", show_default=True)
-@click.option("--meter-address", default=1, show_default=True, type=int, help="Modbus unit id.")
-@click.option("--meter-baud", default=9600, show_default=True, type=int)
+@click.option("--wifi-ssid", help="Wi-Fi network (ESP32).")
+@click.option("--wifi-password-file", help="File holding the Wi-Fi password (ESP32), - for stdin "
+              "(asked for on a terminal).")
+@click.option("--wifi-password", help="The Wi-Fi password itself (visible in shell history and "
+              "ps; warned about).")
+@click.option("--meter-model", help="Meter model (a new device: sdm630).")
+@click.option("--meter-address", type=int, help="Modbus unit id (a new device: 1).")
+@click.option("--meter-baud", type=int, help="Meter baud rate (a new device: 9600).")
 @click.option("--meter-serial", help="Meter serial, when the meter does not report one.")
 @click.option("--meter-link", help="Meter connection for the unix port (tty path or tcp:HOST:PORT).")
-@click.option("--broker-tls", is_flag=True, help="The device connects with TLS.")
+@click.option("--broker-tls/--no-broker-tls", default=None,
+              help="The device connects with TLS (or not); unchanged when not given.")
+@click.option("--broker-ca", type=click.Path(dir_okay=False),
+              help="CA certificate (PEM or DER) the broker's certificate must chain to; installed "
+                   "on the device (default with TLS: broker.cafile, else mqtt.ca_file).")
+@click.option("--insecure", is_flag=True, help="TLS without verifying the broker (a lab only: "
+              "a fake broker could read the device's password and forge acks).")
 @click.option("--interval", "interval_s", type=float, help="Reading interval in seconds.")
 @click.option("--account", help="EVM address for this device's energy.")
 @click.option("--baud", default=115200, show_default=True, type=int, help="Console baud rate.")
-@click.option("--timeout", default=30.0, show_default=True, type=float, help="Seconds per reply.")
-def device_provision(app, port, device_id, community, broker_addr, broker_dir, wifi_ssid, wifi_password,
-                     meter_model, meter_address, meter_baud, meter_serial, meter_link, broker_tls,
-                     interval_s, account, baud, timeout):
+@click.option("--timeout", default=30.0, show_default=True, type=Seconds(), help="Seconds per reply.")
+def device_provision(app, port, device_id, community, broker_addr, broker_dir, wifi_ssid,
+                     wifi_password_file, wifi_password, meter_model, meter_address, meter_baud,
+                     meter_serial, meter_link, broker_tls,
+                     broker_ca, insecure, interval_s, account, baud, timeout):
     """Provision a device over its serial console and register it."""
     from gateway.devices import provision
 
+    wifi_password = secret_option(wifi_password, wifi_password_file, "--wifi-password")
     community = community or app.config["gateway"]["community"]
     if community is config_mod.REQUIRED:
         raise UserError("--community (or gateway.community in the config) is required")
     conn = store.init_if_needed(app.conn())
     result = provision.provision(
         conn, port, device_id, community=community,
-        broker=broker_addr or app.config["mqtt"]["broker"],
+        broker=broker_addr, default_broker=app.config["mqtt"]["broker"],
         broker_dir=broker_dir or app.config["broker"]["dir"],
         wifi_ssid=wifi_ssid, wifi_password=wifi_password, meter_model=meter_model,
         meter_address=meter_address, meter_baud=meter_baud, meter_serial=meter_serial,
-        meter_link=meter_link, interval_s=interval_s, account=account, broker_tls=broker_tls, baud=baud,
-        timeout=timeout)
+        meter_link=meter_link, interval_s=interval_s, account=account, broker_tls=broker_tls,
+        broker_ca=broker_ca, insecure=insecure,
+        default_ca=app.config["broker"]["cafile"] or app.config["mqtt"]["ca_file"] or None,
+        baud=baud, timeout=timeout)
 
     def human(o):
         c = console()
@@ -200,6 +329,7 @@ def device_provision(app, port, device_id, community, broker_addr, broker_dir, w
         t.add_row("community", o["community"])
         t.add_row("meter serial", o["meter_serial"])
         t.add_row("key fingerprint", o["fingerprint"])
+        t.add_row("account", o["account"] or "none")
         c.print(t)
         if not o.get("broker_reloaded"):
             c.print("new broker credential: reload mosquitto (SIGHUP) so the device can connect")
@@ -207,7 +337,7 @@ def device_provision(app, port, device_id, community, broker_addr, broker_dir, w
     app.emit(result, human)
 
 
-@device.command("flash", cls=click.Command, context_settings={"ignore_unknown_options": True,
+@device.command("flash", context_settings={"ignore_unknown_options": True,
                                                                "allow_extra_args": True})
 @common_options
 @click.option("--port", required=True, help="Serial port of the board (e.g. /dev/ttyUSB0).")
@@ -285,7 +415,7 @@ def _loopback(host):
         return False
 
 
-@device.command("update", cls=click.Command)
+@device.command("update")
 @common_options
 @click.option("--release", "release", required=True, type=click.Path(dir_okay=False),
               help="Signed release bundle (dist/firmware-<version>.tar).")
@@ -297,7 +427,7 @@ def _loopback(host):
               "(default: firmware.update_host, else the broker's host).")
 @click.option("--port", "http_port", type=int, help="HTTP port (default: firmware.update_port, "
               "0 = any free port).")
-@click.option("--timeout", default=600.0, show_default=True, type=float,
+@click.option("--timeout", default=600.0, show_default=True, type=Seconds(),
               help="Seconds to wait for the devices.")
 def device_update(app, release, device_ids, all_devices, release_key, http_host, http_port,
                   timeout):
@@ -314,7 +444,8 @@ def device_update(app, release, device_ids, all_devices, release_key, http_host,
     if not isinstance(community, str):
         raise UserError("gateway.community is required in the config")
     if all_devices:
-        devices = [d["id"] for d in store.list_devices(app.conn()) if not d["revoked"]]
+        devices = [d["id"] for d in store.list_devices(store.init_if_needed(app.conn(must_exist=True)))
+                   if not d["revoked"]]
         if not devices:
             raise UserError("no registered devices")
     else:
@@ -350,7 +481,7 @@ def device_update(app, release, device_ids, all_devices, release_key, http_host,
         console().print(t, soft_wrap=False)     # the title centred over the table
 
     app.emit(result, human)
-    if any(s["result"] != update_server.DONE for s in result["devices"].values()):
+    if any(s["result"] == update_server.FAILED for s in result["devices"].values()):
         raise SystemExit(1)
 
 
@@ -376,20 +507,30 @@ def broker():
 @click.option("--gateway-user", help="The gateway's MQTT user name (broker.gateway_user).")
 @click.option("--run-as", default="", help="System user mosquitto runs as (mosquitto 'user'; "
               "default: its own, normally 'mosquitto').")
+@click.option("--init", "init_db", is_flag=True, help="First-time setup: create the gateway "
+              "database when there is none yet.")
+@click.option("--force", is_flag=True, help="Write passwd even if device users in it that this "
+              "database does not know would lose their login.")
 def broker_config(app, out_dir, community, host, port, tls_port, tls_host, certfile, keyfile, cafile,
-                  gateway_user, run_as):
+                  gateway_user, run_as, init_db, force):
     """Write mosquitto.conf, passwd, acl and device credentials into a directory."""
     b = app.config["broker"]
     community = community or app.config["gateway"]["community"]
     if community is config_mod.REQUIRED:
         raise UserError("--community (or gateway.community in the config) is required")
+    if not init_db and not Path(app.db_path).exists():
+        raise UserError(f"no gateway database at {app.db_path} (set --db or store.db; "
+                        "--init creates a new one on first setup)")
     conn = store.init_if_needed(app.conn())
-    summary = broker_mod.write_config(
-        conn, out_dir or b["dir"], community,
-        host=host or b["host"], port=port if port is not None else b["port"],
-        tls_port=tls_port if tls_port is not None else b["tls_port"], tls_host=tls_host or b["tls_host"],
-        certfile=certfile or b["certfile"], keyfile=keyfile or b["keyfile"], cafile=cafile or b["cafile"],
-        gateway_user=gateway_user or b["gateway_user"], run_as=run_as)
+    try:
+        summary = broker_mod.write_config(
+            conn, out_dir or b["dir"], community,
+            host=host or b["host"], port=port if port is not None else b["port"],
+            tls_port=tls_port if tls_port is not None else b["tls_port"], tls_host=tls_host or b["tls_host"],
+            certfile=certfile or b["certfile"], keyfile=keyfile or b["keyfile"], cafile=cafile or b["cafile"],
+            gateway_user=gateway_user or b["gateway_user"], run_as=run_as, force=force)
+    except broker_mod.LostUsers as e:
+        raise UserError(f"{e} (database {app.db_path}); check --db/store.db, or give --force") from None
     summary["reloaded"] = broker_mod.reload(summary["dir"])
 
     def human(s):

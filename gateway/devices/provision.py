@@ -20,8 +20,11 @@ prints is ignored. Steps:
                             SIGHUP when it runs from that directory);
   7. the label              device id, meter serial, key fingerprint.
 
-Re-provisioning a registered device is allowed when it still has the same key
-(configuration changes, e.g. a new Wi-Fi password).
+Re-provisioning a registered device is allowed when it still has the same key. It sends
+only what it is given (the device merges it onto its configuration, read first with
+status), so a new broker address leaves the meter model, Wi-Fi and TLS as they were. With
+TLS the broker's CA goes to the device first (the console's ca command, DER); TLS without
+a CA is refused unless --insecure. The label shows the account as stored.
 """
 import time
 
@@ -94,10 +97,92 @@ def _broker_addr(value):
     return {"host": host, "port": port}
 
 
-def provision(conn, port, device_id, *, community, broker, broker_dir, wifi_ssid="", wifi_password="",
-              meter_model="sdm630", meter_address=1, meter_baud=9600, meter_serial=None, meter_link=None,
-              interval_s=None, account=None, broker_tls=False, baud=115200, timeout=30.0):
-    """Provision and register one device; returns its label (a dict)."""
+CA_CHUNK = 1024          # DER bytes per console line (1,368 in base64; lines end at 2,048)
+
+
+def load_ca(path, what="--broker-ca"):
+    """The DER bytes of the CA certificate in `path`, PEM or DER (the device's mbedTLS
+    takes DER only); ProvisionError names the file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ProvisionError(f"{what} {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                else x509.load_der_x509_certificate(data))
+    except ValueError:
+        raise ProvisionError(f"{what} {path}: not a PEM or DER certificate") from None
+    der = cert.public_bytes(Encoding.DER)
+    if len(der) > 4096:
+        raise ProvisionError(f"{what} {path}: {len(der)} bytes, more than a device keeps (4096)")
+    return der
+
+
+def send_ca(console, der):
+    """Install the broker's CA on the device (the console's ca command); its path there."""
+    import base64
+    import hashlib
+
+    reply = None
+    for at in range(0, len(der), CA_CHUNK):
+        reply = console.request({"cmd": "ca", "size": len(der), "at": at,
+                                 "data": base64.b64encode(der[at:at + CA_CHUNK]).decode()})
+    if not reply or reply.get("sha256") != hashlib.sha256(der).hexdigest() or not reply.get("ca"):
+        raise ProvisionError("the device did not store the broker's CA intact; try again")
+    return reply["ca"]
+
+
+def _request(device_id, community, password, current, *, broker, default_broker, broker_tls,
+             ca_path, insecure, wifi_ssid, wifi_password, meter_model, meter_address, meter_baud,
+             meter_serial, meter_link, interval_s):
+    """The provision request: the identity and credential, and of the rest only what was
+    given (the device merges it onto its configuration). `current` is the device's public
+    configuration, or None for a device never provisioned (it gets the default broker)."""
+    request = {"cmd": "provision", "device_id": device_id, "community": community,
+               "mqtt": {"username": device_id, "password": password}}
+    b = {}
+    if broker is not None:
+        b.update(_broker_addr(broker))
+    elif current is None and default_broker:
+        b.update(_broker_addr(default_broker))
+    if broker_tls is not None:
+        b["tls"] = bool(broker_tls)
+    if ca_path is not None:
+        b["ca"], b["insecure"] = ca_path, False
+    elif insecure:
+        b["insecure"] = True
+    if b:
+        request["broker"] = b
+    wifi = {k: v for k, v in (("ssid", wifi_ssid), ("password", wifi_password)) if v is not None}
+    if wifi:
+        request["wifi"] = wifi
+    meter = {k: v for k, v in (("model", meter_model), ("unit", meter_address), ("baud", meter_baud),
+                               ("port", meter_link)) if v is not None}
+    if meter_serial:
+        meter["serial"] = meter_serial
+    if meter:
+        request["meter"] = meter
+    if interval_s is not None:
+        request["interval_s"] = interval_s
+    return request
+
+
+def provision(conn, port, device_id, *, community, broker=None, broker_dir, wifi_ssid=None,
+              wifi_password=None, meter_model=None, meter_address=None, meter_baud=None,
+              meter_serial=None, meter_link=None, interval_s=None, account=None, broker_tls=None,
+              broker_ca=None, insecure=False, default_broker=None, default_ca=None, baud=115200,
+              timeout=30.0):
+    """Provision and register one device; returns its label (a dict).
+
+    Options left at None are not sent: a device provisioned before keeps its setting
+    (model, Wi-Fi, TLS, ...); a new one gets the firmware's default, and `default_broker`.
+    With TLS the device must get the broker's CA: `broker_ca` (PEM or DER file), else
+    `default_ca` when the device has none yet; without either only `insecure` allows it.
+    """
     from protocol import topics
     from protocol.ocmf import key_fingerprint, load_public_key
 
@@ -106,7 +191,15 @@ def provision(conn, port, device_id, *, community, broker, broker_dir, wifi_ssid
     if account is not None:
         from gateway.accounts import normalize_address
         account = normalize_address(account)
-    broker_cfg = dict(_broker_addr(broker), tls=bool(broker_tls))
+    if broker is not None:
+        _broker_addr(broker)
+    if broker_ca is not None and insecure:
+        raise ProvisionError("--broker-ca and --insecure contradict each other: give one")
+    ca_der = load_ca(broker_ca) if broker_ca is not None else None
+    default_der = load_ca(default_ca, "the configured broker CA") if default_ca and not insecure else None
+    if broker_tls and ca_der is None and default_der is None and not insecure:
+        raise ProvisionError("--broker-tls needs the broker's CA: give --broker-ca FILE (or set "
+                             "broker.cafile), or --insecure to connect without verifying the broker")
     # before anything is handed out: the device gets the credential of the user named like it
     store.check_user_name(conn, device_id)
     known = store.get_device(conn, device_id)
@@ -122,17 +215,24 @@ def provision(conn, port, device_id, *, community, broker, broker_dir, wifi_ssid
     console = Console(port, baud, timeout)
     try:
         hello = console.request({"cmd": "hello"})
+        current = None
+        if hello.get("provisioned"):
+            current = console.request({"cmd": "status"}).get("config") or {}
+        now = (current or {}).get("broker") or {}
+        tls = bool(now.get("tls")) if broker_tls is None else bool(broker_tls)
+        if ca_der is None and tls and not now.get("ca") and not insecure:
+            if default_der is None:
+                raise ProvisionError(f"device {device_id} uses TLS without the broker's CA: give "
+                                     "--broker-ca FILE (or set broker.cafile), or --insecure")
+            ca_der = default_der
         password = broker_mod.credential(broker_dir, device_id)
-        meter = {"model": meter_model, "unit": meter_address, "baud": meter_baud}
-        if meter_link:
-            meter["port"] = meter_link
-        if meter_serial:
-            meter["serial"] = meter_serial
-        request = {"cmd": "provision", "device_id": device_id, "community": community,
-                   "wifi": {"ssid": wifi_ssid, "password": wifi_password}, "broker": broker_cfg,
-                   "mqtt": {"username": device_id, "password": password}, "meter": meter}
-        if interval_s is not None:
-            request["interval_s"] = interval_s
+        ca_path = send_ca(console, ca_der) if ca_der is not None else None
+        request = _request(device_id, community, password, current, broker=broker,
+                           default_broker=default_broker, broker_tls=broker_tls, ca_path=ca_path,
+                           insecure=insecure, wifi_ssid=wifi_ssid, wifi_password=wifi_password,
+                           meter_model=meter_model, meter_address=meter_address,
+                           meter_baud=meter_baud, meter_serial=meter_serial, meter_link=meter_link,
+                           interval_s=interval_s)
         reply = console.request(request)
         try:
             pub = load_public_key(reply.get("pubkey", ""))
@@ -157,19 +257,20 @@ def provision(conn, port, device_id, *, community, broker, broker_dir, wifi_ssid
         console.close()
 
     if known is None:
-        store.add_device(conn, device_id, pub, serial, account=account)
+        stored = store.add_device(conn, device_id, pub, serial, account=account)
         registered = "registered"
     else:
         registered = "already registered (same key)"
         if serial != known["meter_serial"]:
             raise ProvisionError(f"device {device_id} is registered with meter {known['meter_serial']}, "
                                  f"the device reports {serial}: use `egs-gw device replace-meter`")
+        stored = store.set_account(conn, device_id, account) if account is not None else known
     return {
         "id": device_id, "community": community, "meter_serial": serial,
         "pubkey": pub.hex(), "fingerprint": key_fingerprint(pub), "key": reply.get("key"),
         "firmware": hello.get("fw"), "platform": hello.get("platform"), "registration": registered,
-        "account": account, "credential_file": str(broker_mod.credential_path(broker_dir, device_id)),
-        "broker_reloaded": reloaded,
+        "account": stored["account"], "credential_file": str(broker_mod.credential_path(broker_dir, device_id)),
+        "broker_reloaded": reloaded, "broker_ca": ca_path,
     }
 
 

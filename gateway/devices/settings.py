@@ -12,7 +12,7 @@ section("firmware", {
     "release_pubkey": (str, ""),
     "update_host": (str, ""),
     "update_port": (int, 0),
-})
+}, maybe_paths=("release_pubkey",))
 
 
 def release_pubkey(cfg):

@@ -17,7 +17,9 @@ of `egs-gw device update`, gateway/devices/commands.py).
    the device would refuse is not sent.
 4. The command follows each device's retained .../status until it runs the new version
    confirmed (first signed reading after the switch), refused it, or rolled it back, and
-   prints the outcome per device; exit status 1 if any device did not end up updated.
+   prints the outcome per device; exit status 1 if any device failed. A device is offered
+   the release only once its status has been seen: one that already runs this version
+   (confirmed) is `skipped` with the reason, never reported as updated.
 
 It logs in to the broker as its own user (egs-updater, written by `egs-gw broker config`,
 `broker.updater_login`), whose ACL allows reading status and writing cmd only: with the
@@ -34,7 +36,7 @@ from pathlib import Path
 from gateway.cliutil import UserError
 from gateway.devices.installer import check_bundle
 
-DONE, FAILED, WAITING = "updated", "failed", "waiting"
+DONE, FAILED, WAITING, SKIPPED = "updated", "failed", "waiting", "skipped"
 
 
 class ReleaseServer:
@@ -124,6 +126,18 @@ def outcome(status, version):
     return WAITING, _text(ota.get("state"))
 
 
+def before_offer(status, version):
+    """(SKIPPED, reason) when a device's first status says the offer would change nothing,
+    else None: it already runs `version`, confirmed (a bundle of that version built for
+    another port included: the version is what the device compares)."""
+    if not isinstance(status, dict):
+        return None
+    ota = status.get("ota") if isinstance(status.get("ota"), dict) else {}
+    if status.get("fw") == version and ota.get("confirmed") is True:
+        return SKIPPED, f"already runs version {_text(version)}"
+    return None
+
+
 def update_devices(broker, community, devices, release, pubkey, *, user=None, password=None,
                    http_host="127.0.0.1", bind="0.0.0.0", http_port=0, timeout=600.0,
                    progress=None, resend_s=30.0):
@@ -143,7 +157,8 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
     manifest = check_bundle(release, pubkey)
     version = manifest["version"]
     size = os.path.getsize(release)
-    state = {d: {"result": WAITING, "detail": "offered", "status": None} for d in devices}
+    state = {d: {"result": WAITING, "detail": "no status yet", "status": None} for d in devices}
+    seen = set()        # devices whose status has been read: only those are offered it
     lock = threading.Condition()
     with ReleaseServer(release, bind, http_port) as srv:
         url = f"http://{http_host}:{srv.port}{srv.name}"
@@ -177,7 +192,9 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
                 if state[dev]["result"] != WAITING:
                     return              # settled: a later reboot's "offline" changes nothing
                 state[dev]["status"] = st
-                result, detail = outcome(st, version)
+                first = dev not in seen and dev not in sent
+                seen.add(dev)
+                result, detail = (first and before_offer(st, version)) or outcome(st, version)
                 state[dev]["result"], state[dev]["detail"] = result, detail
                 if result == WAITING and isinstance(st, dict) and st.get("state") == "online" \
                         and st.get("fw") != version:
@@ -204,13 +221,16 @@ def update_devices(broker, community, devices, release, pubkey, *, user=None, pa
                     if not open_ or time.monotonic() > deadline:
                         break
                     now = time.monotonic()
-                    due = [d for d in open_ if now - sent.get(d, -1e9) > resend_s] \
+                    due = [d for d in open_ if d in seen and now - sent.get(d, -1e9) > resend_s] \
                         if subscribed.is_set() else []
                 for d in due:
                     if d in sent:       # not the first offer: read its retained status again
                         client.subscribe(topics.topic(community, d, "status"), 1)
                     client.publish(topics.topic(community, d, "cmd"), cmd, qos=1)
                     sent[d] = time.monotonic()
+                    with lock:
+                        if state[d]["detail"] == "no status yet" or not state[d]["detail"]:
+                            state[d]["detail"] = "offered"
                 if progress:
                     progress({d: dict(state[d]) for d in devices})
                 with lock:

@@ -2,7 +2,7 @@
 
 Every command takes --config/--db/--json (gateway.cliutil.common_options); people
 get rich tables, scripts get JSON objects (shapes in docs/gateway.md). Mistakes
-are one line on stderr and exit status 1.
+are one line on stderr, exit status 1 (2 for a usage mistake).
 """
 import sys
 import time
@@ -125,7 +125,8 @@ def events_cmd(app, device_id, limit):
 @click.command("status", cls=OneLineCommand)
 @common_options
 def status_cmd(app):
-    """Service state (broker connection, ingest rate) and per device last seen and backlog."""
+    """Service state (broker connection, ingest rate, components) and per device last seen
+    and backlog. Exit status 1 unless the service runs and is healthy."""
     conn = store.init_if_needed(app.conn(must_exist=True))
     now = time.time()
     svc, updated = store.get_state(conn, "service")
@@ -136,6 +137,10 @@ def status_cmd(app):
         service = dict(svc, running=bool(svc.get("running")) and fresh, heartbeat_at=iso(updated),
                        started_at=iso(svc.get("started_at")))
         service["connected"] = bool(svc.get("connected")) and service["running"]
+    components = service.get("components") or {}
+    service["components"] = components
+    service["healthy"] = bool(service["running"] and service["connected"]
+                              and all(c.get("ok") for c in components.values()))
     devices = []
     for d in store.list_devices(conn):
         missing = sum(g["to_seq"] - g["from_seq"] + 1 for g in store.gaps(conn, d["id"], open_only=True))
@@ -160,6 +165,10 @@ def status_cmd(app):
                     f"{s.get('broker')} {conn_txt}; ingest {s.get('rate_1m', 0)} readings/s over the last "
                     f"minute; {s.get('accepted', 0)} stored, {s.get('duplicates', 0)} duplicates, "
                     f"{s.get('rejected', 0)} rejected since start")
+            for name, comp in sorted(s["components"].items()):
+                extra = ", ".join(f"{k} {v}" for k, v in sorted(comp.items()) if k != "ok" and v is not None)
+                c.print(f"  {name}: " + ("[green]ok[/]" if comp.get("ok") else "[red]unhealthy[/]")
+                        + (f" ({extra})" if extra else ""))
         else:
             c.print(f"[red]gateway not running[/] (last heartbeat {s.get('heartbeat_at') or 'never'})")
         t = table("device", "state", "last seen", "last seq", "acked", "missing", "device backlog")
@@ -171,7 +180,8 @@ def status_cmd(app):
                       "" if d["device_log_depth"] is None else str(d["device_log_depth"]))
         c.print(t)
 
-    app.emit({"service": service, "devices": devices}, human)
+    # exit 1 when the service is down, off the broker, or a component reports trouble
+    app.emit({"service": service, "devices": devices}, human, ok=service["healthy"])
 
 
 # ---- verify ----------------------------------------------------------------------------

@@ -1,38 +1,16 @@
 """Verification pipeline for signed readings arriving over MQTT.
 
-A message passes, in order:
-  1. topic `egs/v1/<community>/<device>/ocmf` of our community, size limit;
-  2. known device, not revoked;
-  3. OCMF structure, algorithm ECDSA-secp256r1-SHA256, signature verified with
-     `cryptography` against the registered public key (the expensive step: it runs
-     in `verify_batch`, inline or in a process pool);
-  4. sequence (PG "F<n>"): a number already stored is a duplicate — acknowledged
-     again, stored once — unless its content differs (a reused sequence: rejected);
-     a number below the device's first sequence (default 1) is a replay; a jump
-     forward records a gap and asks the device to resend from the first missing
-     number (a gap the device cannot fill is given up after `gap_give_up` requests);
-  5. meter serial is one registered for the device, never an older meter's after a
-     newer one's;
-  6. cumulative registers do not decrease against the neighbouring readings, unless
-     a meter replacement lies between them (new epoch, new baseline);
-  7. plausible time: status "S"/"I" must be after `min_time` and at most
-     `max_future_s` ahead, at most `max_age_s` old, and not before the device's
-     registration (less `registration_skew_s`); "U" (unknown) and "R" (relative) are
-     kept but flagged untrusted and not used for intervals;
-  8. plausible energy (gateway/ingest/plausibility.py): registers may not rise faster
-     than the meter's maximum power allows; such a reading is held for review.
+A batch of messages is committed in one transaction; only then is each device sent
+`…/ack {"seq": n}`, n the highest sequence up to which everything is durably stored, so a
+device never deletes a record the gateway could still lose. Every rejection is kept in
+quarantine with its reason (REASONS) and logged as a security event, both bounded per
+device and in total (gateway/ingest/store.py). A device's retained status is written at
+most `status_burst` times at once and then once per `status_interval_s`; the latest one
+held back is written when the device may again (`flush_status`).
 
-Every rejection is kept in quarantine with its reason and logged as a security
-event, both bounded per device and in total (gateway/ingest/store.py). A device's
-retained status is written at most `status_burst` times at once and then once per
-`status_interval_s`; the latest one held back is written when the device may again
-(`flush_status`). A batch of messages is committed in one transaction; only then is each
-device sent `…/ack {"seq": n}`, n the highest sequence up to which everything is
-durably stored, so a device never deletes a record the gateway could still lose.
-
-`IngestCore` is the synchronous, testable core (store decisions); the signature check
-is in gateway/ingest/verify.py, and gateway/ingest/mqtt.py feeds the core from MQTT
-and publishes what it returns.
+`IngestCore` is the synchronous, testable core (store decisions; the checks a message
+passes are listed there); the signature check is in gateway/ingest/verify.py, and
+gateway/ingest/mqtt.py feeds the core from MQTT and publishes what it returns.
 """
 import json
 import logging
@@ -139,6 +117,28 @@ class IngestCore:
     """Decides and stores; keeps a cache of each device's sequence state.
 
     Single writer: only one ingest may run against a database (the service).
+
+    A message passes, in order (steps 4 to 7 are numbered in `_accept`):
+      1. topic `egs/v1/<community>/<device>/ocmf` of our community, size limit;
+      2. known device, not revoked;
+      3. OCMF structure, algorithm ECDSA-secp256r1-SHA256, signature verified with
+         `cryptography` against the registered public key (the expensive step: it runs
+         in `verify_batch`, inline or in a process pool);
+      4. sequence (PG "F<n>"): a number already stored is a duplicate — acknowledged
+         again, stored once — unless its content differs (a reused sequence: rejected);
+         a number below the device's first sequence (default 1) is a replay; a jump
+         forward records a gap and asks the device to resend from the first missing
+         number (a gap the device cannot fill is given up after `gap_give_up` requests);
+      5. meter serial is one registered for the device, never an older meter's after a
+         newer one's;
+      6. cumulative registers do not decrease against the neighbouring readings, unless
+         a meter replacement lies between them (new epoch, new baseline);
+      7. plausible time: status "S"/"I" must be after `min_time` and at most
+         `max_future_s` ahead, at most `max_age_s` old, and not before the device's
+         registration (less `registration_skew_s`); "U" (unknown) and "R" (relative) are
+         kept but flagged untrusted and not used for intervals;
+      8. plausible energy (gateway/ingest/plausibility.py): registers may not rise faster
+         than the meter's maximum power allows; such a reading is held for review.
     """
 
     def __init__(self, conn, community, cfg=None, clock=domain_clock.now):

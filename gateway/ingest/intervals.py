@@ -1,50 +1,17 @@
 """15-minute intervals per device, computed from cumulative registers.
 
-The energy of interval [s, e) is R(e) − R(s), where R is a device's cumulative
-register (import or export) at a boundary. R at a boundary that falls between two
-readings is linearly interpolated in integer arithmetic,
+The energy of interval [s, e) is R(e) − R(s), where R is a device's cumulative register
+(import or export) at a boundary, linearly interpolated in integer arithmetic between
+readings (`compute`): exact at reading times and never decreasing, so the intervals of a
+stretch of readings add up to exactly the register difference over it: no Wh is created
+or lost by rounding. Gaps longer than `long_gap_s` are not interpolated (their energy
+lands in one interval), each meter epoch is its own curve, and readings with an
+unsynchronised clock are not used (docs/gateway.md, "Intervals").
 
-    R(b) = r0 + (r1 − r0) · (b − t0) // (t1 − t0)
-
-which is exact at reading times and never decreasing, so the intervals of a
-stretch of readings add up to exactly the register difference over it: no Wh is
-created or lost by rounding. An interval is *estimated* when a boundary had to be
-interpolated across readings more than `estimate_gap_s` apart, or when the
-readings do not cover the whole interval (the device's first interval, a meter
-replacement inside it).
-
-Readings with an unsynchronised clock (time status "U") are stored but not used
-here: only their registers are signed, not a trustworthy time.
-
-Long gaps: between two readings more than `long_gap_s` apart (a device that was off,
-lost its flash, or a back-dated first reading) nothing is interpolated. The register is
-taken as flat until the later reading, so all the energy of the gap lands in ONE
-interval, the one that reading ends or falls in (estimated), and the quarter hours in
-between get no rows at all: one settlement record per gap instead of one per quarter
-hour. Shorter gaps are spread linearly as above. Readings that later fill a gap give
-those quarter hours their rows; what was already settled is corrected by adjustments.
-
-Meter replacement: each meter epoch is its own register curve. An interval takes
-from each epoch only the part its readings cover, so the new meter starts from its
-own first reading (a new baseline) and the energy between the old meter's last and
-the new meter's first reading, which nobody measured, is not invented.
-
-An interval row exists once some reading lies at or after its end. Until it is
-settled it is recomputed whenever readings arrive (late readings included).
-A settled interval is frozen: when late readings change what it should have been,
-the difference is recorded as an adjustment targeting the device's next unsettled
-interval, and settled with it.
-
-For the ledger (gateway/ledger): inside ONE transaction,
-
-    rows = intervals.closed_intervals(conn, now, grace_s)
-    ...decide, enqueue the settlement...
-    intervals.mark_settled(conn, [r["id"] for r in rows], settlement_id)
-
-`closed_intervals` first brings every device with new readings up to date
-(`refresh`). Each row's `import_wh`/`export_wh` is what to settle: the metered
-energy plus adjustments carried into it (the total may be negative after a
-correction: burn instead of mint). The parts are in `metered_*` and `adjust_*`.
+A settled interval is frozen: when late readings change what it should have been, the
+difference is recorded as an adjustment carried into the device's next unsettled interval.
+The ledger reads `closed_intervals` and calls `mark_settled` in ONE transaction with its
+decision.
 """
 from bisect import bisect_right
 
@@ -118,6 +85,17 @@ def compute(points, gap=DEFAULT_ESTIMATE_GAP_S, first_start=None, length=LENGTH_
     interval of the first point) and end with the last interval whose end is not
     after the last point. Intervals with no reading inside a gap longer than
     `long_gap` are left out (their energy is 0: it lands where the gap ends).
+
+    A register at boundary b between readings (t0, r0) and (t1, r1) is
+    r0 + (r1 − r0) · (b − t0) // (t1 − t0); across a gap longer than `long_gap` it is
+    taken as flat until the later reading, so the whole gap's energy lands in ONE
+    interval, the one that reading ends or falls in. An interval is *estimated* when a
+    boundary had to be interpolated across readings more than `gap` apart, or when the
+    readings do not cover the whole interval (the device's first interval, a meter
+    replacement inside it). Each meter epoch is its own curve: an interval takes from
+    each only the part its readings cover, so the new meter starts from its own first
+    reading and the energy between the old meter's last and the new meter's first
+    reading, which nobody measured, is not invented.
     """
     if not points:
         return []
@@ -196,7 +174,12 @@ def _accounted(conn, device_id, start):
 
 def recompute_device(conn, device_id, since, gap=DEFAULT_ESTIMATE_GAP_S, now=None,
                      long_gap=DEFAULT_LONG_GAP_S):
-    """Bring one device's intervals up to date with its readings from `since` on."""
+    """Bring one device's intervals up to date with its readings from `since` on.
+
+    An interval row exists once some reading lies at or after its end. Until it is settled
+    it is recomputed here; a settled one is frozen, and the difference becomes an adjustment
+    targeting the device's next unsettled interval.
+    """
     now = clock.now() if now is None else now
     points, first_start = _points(conn, device_id, since)
     rows = compute(points, gap, first_start, long_gap=long_gap)
@@ -303,7 +286,15 @@ def closed_intervals(conn, now=None, grace_s=120, limit=None, refresh_first=True
 
     Each is a dict: id, device_id, account (or None), start, end, import_wh, export_wh
     (to settle), metered_import_wh, metered_export_wh, adjust_import_wh,
-    adjust_export_wh, estimated, state, settlement_id, settled_at.
+    adjust_export_wh, estimated, state, settlement_id, settled_at. import_wh/export_wh
+    are the metered energy plus adjustments carried in (negative after a correction:
+    burn instead of mint). The ledger, inside ONE transaction:
+
+        rows = intervals.closed_intervals(conn, now, grace_s)
+        ...decide, enqueue the settlement...
+        intervals.mark_settled(conn, [r["id"] for r in rows], settlement_id)
+
+    Devices with new readings are brought up to date first (`refresh`).
     """
     now = clock.now() if now is None else now
     if refresh_first:

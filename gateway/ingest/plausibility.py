@@ -3,23 +3,15 @@
 A device's key in hostile hands signs whatever registers it likes; the signature says
 who made a claim, not that it is true. So a reading is held for review (quarantine
 reason `implausible_energy` with a security event: never stored as a reading, never in
-an interval, never minted) when a register rose by more than
+an interval, never minted) when a register rose by more than its meter's maximum power
+allows (`EnergyLimit.allowed_wh`) since the neighbouring readings of the same meter (by
+sequence, synchronised time only), and since the latest one at least WINDOW_S older, so
+that many small steps cannot add up to more than the meter's power either.
 
-    max_power_w x (elapsed seconds + TIME_SLACK_S) x (100 + tolerance_pct) % + resolution
-
-since the neighbouring readings of the same meter (by sequence, synchronised time only),
-and since the latest one at least WINDOW_S older, so that many small steps cannot add up
-to more than the meter's power either. TIME_SLACK_S covers whole-second timestamps taken
-up to a second before the registers are read (readings a few seconds apart, or in the
-same second, are not held at full power); `resolution` is 20 Wh plus the step of a
-float32 kWh register at that size (Eastron: 7.8 Wh near 100 MWh).
-
-max_power_w of a device: `ingest.device_max_power_w[device]`, else
-`ingest.model_max_power_w[model]`, else the rating in RATINGS_W of the meter model its
-records name (OCMF "MM", which firmware/meters.py fills from its MODELS table), else
-`ingest.max_power_w`. The model is the device's own claim: a device with a stolen key can
-name the model with the highest rating, so `max_power_w` should not exceed the largest
-meter in the community, and a CT-connected meter needs its own entry.
+The maximum power comes from the configuration or the meter model the records name
+(`EnergyLimit.max_power`; docs/gateway.md, "Held for review"). The model is the device's
+own claim, and a stolen key names the highest-rated one: `ingest.max_power_w` should not
+exceed the largest meter in the community, and a CT-connected meter needs its own entry.
 """
 import re
 
@@ -67,7 +59,8 @@ class EnergyLimit:
                    cfg.get("device_max_power_w"))
 
     def max_power(self, device_id, model):
-        """(watts, where the figure comes from) for a device whose records name `model`."""
+        """(watts, where the figure comes from) for a device whose records name `model`
+        (OCMF "MM", which firmware/meters.py fills from its MODELS table)."""
         if device_id in self.devices:
             return int(self.devices[device_id]), f"ingest.device_max_power_w for {device_id}"
         if model in self.models:
@@ -77,7 +70,15 @@ class EnergyLimit:
         return int(self.default_w), f"ingest.max_power_w (no rating for meter model {model or '(none)'!r})"
 
     def allowed_wh(self, power_w, seconds, register_wh):
-        """The most a register may rise in `seconds` (whole-second timestamps)."""
+        """The most a register may rise in `seconds` (whole-second timestamps):
+
+            max_power_w x (seconds + TIME_SLACK_S) x (100 + tolerance_pct) % + resolution
+
+        TIME_SLACK_S covers timestamps taken up to a second before the registers are read
+        (readings a few seconds apart, or in the same second, are not held at full power);
+        the resolution is RESOLUTION_WH plus the step of a float32 kWh register at that size
+        (Eastron: 7.8 Wh near 100 MWh).
+        """
         energy = power_w * (max(seconds, 0) + TIME_SLACK_S) * (100 + self.tolerance_pct) // 360_000
         return energy + RESOLUTION_WH + (min(max(register_wh, 0), REGISTER_CAP_WH) >> 23)
 

@@ -58,6 +58,7 @@ async def heartbeat(ctx, gw, started):
                 "rejected": s.rejected, "status_messages": s.status, "rate_1m": round(s.rate(now), 2),
                 "workers": gw.workers, "heartbeat_s": HEARTBEAT_S,
                 "running": not gw.halt.is_set(),
+                "components": {k: dict(v) for k, v in getattr(ctx, "health", {}).items()},
             }
             try:
                 with db.transaction(conn):

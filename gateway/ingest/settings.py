@@ -1,8 +1,9 @@
 """Config sections of the gateway core: [gateway], [mqtt], [ingest], [intervals], [broker].
 
-Declared here (imported by gateway/ingest/commands.py and gateway/service.py) so that
-`gateway.config.load` rejects a misspelt key in any of them at start. Every key is
-documented in gateway/gateway.example.toml; keep the two in step.
+Declared here, and imported by the modules that read them (egs-gw run, the MQTT
+session, provisioning), so that `gateway.config.load` rejects a misspelt key in any of
+them at start. Every key is documented in gateway/gateway.example.toml; keep the two in
+step.
 """
 from gateway.config import REQUIRED, section
 
@@ -24,7 +25,7 @@ section("mqtt", {
     "tls": (bool, False),
     "ca_file": (str, ""),
     "reconnect_max_s": (float, 30.0),
-})
+}, paths=("password_file", "updater_password_file", "ca_file"))
 
 section("ingest", {
     "batch_size": (int, 500),
@@ -70,7 +71,7 @@ section("broker", {
     "keyfile": (str, ""),
     "cafile": (str, ""),
     "gateway_user": (str, "egs-gateway"),
-})
+}, paths=("dir", "certfile", "keyfile", "cafile"))
 
 
 def host_port(value, what, default_port=1883):

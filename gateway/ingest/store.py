@@ -4,17 +4,8 @@ sequence gaps, 15-minute intervals and the service's status.
 A reading row keeps the raw OCMF string exactly as received next to the fields
 parsed from it: the raw string is the legal evidence (anyone can re-verify it
 with the device's public key), the parsed columns are for queries. Rejected
-messages go to `quarantine` (deduplicated by SHA-256 so a device replaying the
-same bad record forever stores it once), each with a security event.
-
-Both are bounded, because a device's credential (or its key) can be in hostile hands:
-a quarantine row keeps the first `keep` bytes of a message (its length and the hash of
-the whole are kept too), and the oldest rows are deleted beyond `Limits.quarantine_per_device`
-rows of one device and `Limits.quarantine_total` in all (counted in the coalesced event
-`quarantine_rotated`). A device at `Limits.events_per_device` events has further events
-of a kind it already has counted on its latest row of that kind (`count`, `last_at`)
-instead of new rows; beyond the caps the oldest rows go, except the technician's own
-(`device_revoked`, `meter_replaced`).
+messages go to `quarantine`, each with a security event; both are bounded (`Limits`),
+because a device's credential (or its key) can be in hostile hands.
 
 A device's meter history is a list of "meter epochs": epoch 0 is the meter
 registered with the device, each `replace-meter` adds the next. A reading
@@ -317,6 +308,21 @@ def revoke_device(conn, device_id, reason=""):
     return get_device(conn, device_id)
 
 
+def restore_device(conn, device_id, note=""):
+    """Undo a revocation: the device's readings count again from now on (the revocation
+    stays in the security events, and so do the readings refused meanwhile)."""
+    with transaction(conn):
+        d = require_device(conn, device_id)
+        if not d["revoked"]:
+            raise StoreError(f"device {device_id} is not revoked")
+        check_meter_free(conn, d["meter_serial"], device_id)
+        conn.execute("UPDATE devices SET revoked=0, revoked_at=NULL, revoked_reason='' WHERE id=?",
+                     (device_id,))
+        add_event(conn, device_id, "device_restored", note or "restored by technician")
+        _bump_registry(conn)
+    return get_device(conn, device_id)
+
+
 def replace_meter(conn, device_id, new_serial, note=""):
     """Register a new meter behind a device: its readings start a new baseline."""
     new_serial = str(new_serial).strip()
@@ -342,6 +348,25 @@ def replace_meter(conn, device_id, new_serial, note=""):
                   f"meter {d['meter_serial']} replaced by {new_serial} (epoch {epoch})")
         _bump_registry(conn)
     return epoch
+
+
+def set_account(conn, device_id, account):
+    """Change (or, with None, clear) the account a device's energy is settled to.
+
+    Intervals already settled stay with the account they went to; open ones settle to the
+    new one. Recorded as the technician's event `account_changed`. Returns the device.
+    """
+    if account is not None:
+        from gateway.accounts import normalize_address
+        account = normalize_address(account)
+    with transaction(conn):
+        d = require_device(conn, device_id)
+        if d["account"] != account:
+            conn.execute("UPDATE devices SET account=? WHERE id=?", (account, device_id))
+            add_event(conn, device_id, "account_changed",
+                      f"account {d['account'] or 'none'} -> {account or 'none'}")
+            _bump_registry(conn)
+    return get_device(conn, device_id)
 
 
 def set_status(conn, device_id, status, at=None):
@@ -380,7 +405,15 @@ def count_readings(conn, device_id=None):
 # ---- quarantine and events ---------------------------------------------------
 
 class Limits:
-    """How much the store keeps of what devices get rejected for (the ingest.* caps)."""
+    """How much the store keeps of what devices get rejected for (the ingest.* caps).
+
+    A quarantine row keeps the first `keep` bytes of a message (its length and the hash of
+    the whole are kept too); the oldest rows are deleted beyond quarantine_per_device rows
+    of one device and quarantine_total in all (counted in the coalesced event
+    `quarantine_rotated`). A device at events_per_device events has further events of a
+    kind it already has counted on its latest row of that kind (`count`, `last_at`) instead
+    of new rows; beyond the caps the oldest rows go, except OPERATOR_EVENTS.
+    """
 
     FIELDS = ("quarantine_per_device", "quarantine_total", "events_per_device", "events_total")
 
@@ -398,14 +431,14 @@ class Limits:
 
 LIMITS = Limits()
 # The technician's own actions: never rotated out by what a device sends.
-OPERATOR_EVENTS = ("device_revoked", "meter_replaced")
+OPERATOR_EVENTS = ("device_revoked", "device_restored", "meter_replaced", "account_changed")
 
 
 def quarantine(conn, topic, raw, reason, detail, device_id=None, seq=None, at=None, keep=None,
                limits=LIMITS):
     """Keep a rejected message once (by the SHA-256 of all of it): its first `keep` bytes
     (None: all), its length and the hash; a repeat is counted on its row. Returns its id
-    and whether it is new. The oldest rows go beyond `limits` (module docstring)."""
+    and whether it is new. The oldest rows go beyond `limits` (see Limits)."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
     raw = bytes(raw)

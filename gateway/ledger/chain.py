@@ -15,6 +15,8 @@ from eth_utils import keccak
 from web3 import HTTPProvider, Web3
 from web3.exceptions import ProviderConnectionError, Web3RPCError
 
+from gateway.units import format_eea
+
 BUILD = Path(__file__).resolve().parents[2] / "contracts" / "build"
 
 
@@ -28,6 +30,17 @@ class ChainError(ValueError):
 
 class RpcError(ChainError):
     """The node answered a JSON-RPC call with an error object."""
+
+
+class InsufficientFunds(ChainError):
+    """The sending key cannot pay the gas of what it is about to send; nothing was sent."""
+
+
+def format_eth(wei):
+    """Wei as decimal ETH, exactly, trailing zeros dropped: 1500000000000000000 → '1.5'."""
+    whole, frac = divmod(int(wei), 10**18)
+    frac_text = f"{frac:018d}".rstrip("0")
+    return f"{whole}.{frac_text}" if frac_text else str(whole)
 
 
 def artifact(name):
@@ -118,6 +131,21 @@ class Chain:
     def native_balance(self, address):
         return self.call(self.w3.eth.get_balance, Web3.to_checksum_address(address))
 
+    def require_funds(self, address, gas, fees, what):
+        """Raise InsufficientFunds, naming the address and the ETH it needs, unless
+        `address` can pay `gas` at `fees` (the fee fields of `fees()`); checked before
+        anything is signed, so a key without gas fails in one line and sends nothing."""
+        price = fees.get("maxFeePerGas", fees.get("gasPrice", 0))
+        need = gas * price
+        have = self.native_balance(address)
+        if have < need:
+            address = address.lower()
+            raise InsufficientFunds(
+                f"{what} needs up to {format_eth(need)} ETH of gas ({gas} gas at {price / 10**9:g} gwei), "
+                f"{address} holds {format_eth(have)} ETH: fund {address} with at least "
+                f"{format_eth(need - have)} ETH (on a local Anvil: `egs-gw ledger fund`)")
+        return need
+
     def receipt(self, tx_hash):
         """{status, blockNumber, blockHash, gasUsed} or None while not mined."""
         r = self.rpc("eth_getTransactionReceipt", [tx_hash])
@@ -197,6 +225,45 @@ class Chain:
         return out
 
     # ---- writes ----------------------------------------------------------------------
+
+    def deposit_for(self, signer, account, amount, max_fee_wei, min_nonce=0, timeout_s=120.0):
+        """Move `amount` EEA base units from `signer`'s wallet into `account`'s escrow
+        (EEA.approve when the allowance is short, then WATT.depositFor), each waited for.
+
+        Checked before anything is signed: the EEA balance and the gas of both calls
+        (ChainError naming what is missing). `min_nonce` keeps clear of nonces the
+        gateway's outbox already signed with the same key. Returns the tx hash, its
+        block and the Deposited events as (ref, account, amount), ref as the ledger
+        worker writes it ("0x<tx hash>:<log index>")."""
+        sender = Web3.to_checksum_address(signer.address)
+        target = Web3.to_checksum_address(account)
+        held = self.call(self.eea.functions.balanceOf(sender).call)
+        if held < amount:
+            raise ChainError(f"{sender.lower()} holds {format_eea(held)}, less than the "
+                             f"{format_eea(amount)} to deposit")
+        allowed = self.call(self.eea.functions.allowance(sender, self.watt.address).call)
+        fees = self.fees(max_fee_wei)
+        calls = ([self.eea.functions.approve(self.watt.address, amount)] if allowed < amount else [])
+        calls.append(self.watt.functions.depositFor(target, amount))
+        self.require_funds(sender, 200_000 * len(calls), fees, "the deposit")
+        nonce = max(self.nonce(sender), min_nonce)
+        receipt = None
+        for fn in calls:
+            tx = self.call(fn.build_transaction, {"from": sender, "nonce": nonce, "chainId": self.chain_id, **fees})
+            raw = signer.sign_transaction(tx).raw_transaction
+            try:
+                tx_hash = self.call(self.w3.eth.send_raw_transaction, raw)
+            except Web3RPCError as e:
+                raise ChainError(f"the node refused the {fn.fn_name} transaction: {e}") from None
+            receipt = self.call(self.w3.eth.wait_for_transaction_receipt, tx_hash, timeout=timeout_s,
+                                poll_latency=0.2)
+            if receipt["status"] != 1:
+                raise ChainError(f"{fn.fn_name} reverted in transaction {_hex(tx_hash)}")
+            nonce += 1
+        events = [(f"0x{bytes(ev['transactionHash']).hex()}:{ev['logIndex']}", ev["args"]["account"].lower(),
+                   int(ev["args"]["amount"]))
+                  for ev in self.watt.events.Deposited().process_receipt(receipt)]
+        return _hex(receipt["transactionHash"]), receipt["blockNumber"], events
 
     def send_raw(self, raw_hex):
         """Broadcast; returns None or the node's error message (the node did answer)."""

@@ -1,8 +1,8 @@
 """`egs-gw ledger …`: deploy the contracts, watch the outbox, compare with the chain.
 
     egs-gw ledger key new|show          the gateway's ledger key (encrypted keystore)
-    egs-gw ledger deploy                EEA + WATT from contracts/build, gateway role granted
-    egs-gw ledger status                chain, contracts, role, outbox
+    egs-gw ledger deploy [--admin A]    EEA + WATT from contracts/build, gateway role granted, A proposed as admin
+    egs-gw ledger status                chain, contracts, role, outbox; exit 1 unless all is well
     egs-gw ledger balances [--account]  book and chain side by side
     egs-gw ledger reconcile             every difference between chain and store; exit 1 on any
     egs-gw ledger storage set|list      storage owners and their capacity (commission split)
@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway import accounts
-from gateway.cliutil import UserError, common_options
+from gateway.cliutil import OneLineGroup, Seconds, UserError, common_options, confirm
 from gateway.db import transaction
 from gateway.ledger import keystore, outbox, settlement, tables
 from gateway.ledger.settings import Settings
-from gateway.units import EeaType, format_eea, format_kwh
+from gateway.units import CONFIRM_ABOVE, EEA, EeaType, describe_eea, format_eea, format_kwh
 
 COMMANDS = []
 
@@ -72,7 +72,17 @@ def _console():
     return Console(highlight=False, soft_wrap=True)
 
 
-@click.group("ledger")
+def confirm_amount(app, yes, what, units):
+    """Say what is about to move, as read (with --json the output carries the amount
+    instead); above CONFIRM_ABOVE ask first (`--yes` skips; no terminal and no --yes:
+    a one-line error, exit 2, nothing done)."""
+    if not app.json:
+        click.echo(what, err=True)
+    if units > CONFIRM_ABOVE:
+        confirm(yes, f"{what}?")
+
+
+@click.group("ledger", cls=OneLineGroup)
 def ledger():
     """WATT and EEA on the chain: deployment, settlement outbox, reconciliation."""
 
@@ -118,13 +128,40 @@ def key_show(app):
 
 # ---- deploy -----------------------------------------------------------------------
 
+def _admin_address(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        address = accounts.normalize_address(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if int(address, 16) == 0:
+        raise click.BadParameter("the zero address cannot be the admin")
+    return address
+
+
+def _deploy_text(d, path):
+    lines = [f"EEA  {d['eea']}", f"WATT {d['watt']}", f"gateway {d['gateway']}", f"admin {d['admin']}"]
+    if d.get("proposed_admin"):
+        lines.append(f"proposed admin {d['proposed_admin']}: it becomes admin when it sends acceptAdmin() "
+                     f"(data {ACCEPT_ADMIN_DATA}) to WATT {d['watt']} from its own wallet")
+    lines.append(f"written to {path}")
+    return "\n".join(lines)
+
+
+ACCEPT_ADMIN_DATA = "0x0e18b681"   # keccak256("acceptAdmin()")[:4]; tests check it against the ABI
+
+
 @ledger.command("deploy")
 @click.option("--gateway", "gateway_addr", default=None,
               help="Address to grant the gateway role (default: the keystore's).")
+@click.option("--admin", "admin_addr", default=None, callback=_admin_address, metavar="ADDRESS",
+              help="Cold key to become WATT's admin: proposed after deployment, it accepts from its own "
+                   "wallet (default: the keystore's key stays admin, with a warning).")
 @click.option("--force", is_flag=True, help="Deploy even if the deployment file exists.")
 @common_options
 @_fail_chain
-def deploy_cmd(app, gateway_addr, force):
+def deploy_cmd(app, gateway_addr, admin_addr, force):
     """Deploy EEA (distribution from ledger.distribution) and WATT; write ledger.deployment."""
     from gateway.ledger.deploy import deploy
 
@@ -137,9 +174,41 @@ def deploy_cmd(app, gateway_addr, force):
     if chain.call(lambda: chain.w3.eth.chain_id) != s.chain_id:
         raise UserError(f"the node at {s.rpc_url} is not chain {s.chain_id}")
     out = deploy(chain, account, distribution, s.education_pool, s.network_pool,
-                 gateway=gateway_addr, path=s.deployment_path)
-    app.emit(out, lambda d: click.echo(
-        f"EEA  {d['eea']}\nWATT {d['watt']}\ngateway {d['gateway']}\nwritten to {s.deployment_path}"))
+                 gateway=gateway_addr, path=s.deployment_path, admin=admin_addr)
+    app.emit(out, lambda d: click.echo(_deploy_text(d, s.deployment_path)))
+    hot = {out["admin"], out["gateway"]}
+    if not out["proposed_admin"] or out["proposed_admin"] in hot:
+        who = out["proposed_admin"] or out["admin"]
+        click.echo(f"warning: WATT's admin {who} is the gateway's hot key: a stolen gateway key could grant "
+                   f"itself more rights; deploy with --admin ADDRESS of a cold key (docs/ledger.md)", err=True)
+
+
+# ---- fund (local chains) ------------------------------------------------------------
+
+@ledger.command("fund")
+@click.argument("address", required=False)
+@click.option("--eth", "eth", type=click.IntRange(min=1, max=10**9), default=100, show_default=True,
+              help="Whole ETH the address holds afterwards.")
+@common_options
+@_fail_chain
+def fund_cmd(app, address, eth):
+    """Give ADDRESS (default: the gateway's key) ETH for gas on a local Anvil chain.
+
+    Uses Anvil's `anvil_setBalance`; any other chain refuses it: fund the address
+    there from a funded account."""
+    from gateway.ledger.chain import RpcError
+
+    s = _settings(app)
+    address = accounts.normalize_address(address) if address else keystore.address(s.keystore)
+    chain = _chain(s, with_contracts=False)
+    try:
+        chain.rpc("anvil_setBalance", [address, hex(eth * 10**18)])
+    except RpcError as e:
+        raise UserError(f"the node at {s.rpc_url} cannot set balances ({e}): `ledger fund` is for a "
+                        f"local Anvil chain; send ETH to {address} from a funded account instead") from None
+    wei = chain.native_balance(address)
+    app.emit({"address": address, "balance_wei": str(wei)},
+             lambda d: click.echo(f"{address} now holds {eth} ETH"))
 
 
 # ---- status -----------------------------------------------------------------------
@@ -211,7 +280,11 @@ def status_cmd(app):
         c.print(f"commission {d['commission_rate']} EEA units per kWh per interval, "
                 f"{len(d['storage_owners'])} storage owner(s)")
 
-    app.emit(data, human)
+    # exit 1 unless the ledger can settle: chain reached, contracts and key in order (no
+    # store yet is fine: the service creates it)
+    healthy = data.get("chain") == "up" and not any(
+        data.get(k) for k in ("chain_error", "deployment_error", "keystore_error"))
+    app.emit(data, human, ok=healthy)
 
 
 # ---- balances ---------------------------------------------------------------------------
@@ -281,6 +354,7 @@ def reconcile_cmd(app):
     report["watt_supply"] = str(report["watt_supply"])
     report["escrow_total"] = str(report["escrow_total"])
     report["in_flight"] = {k: str(v) for k, v in report["in_flight"].items()}
+    report["book_only"] = {k: str(v) for k, v in report["book_only"].items()}
 
     def human(d):
         c = _console()
@@ -289,6 +363,9 @@ def reconcile_cmd(app):
         if d["unassigned_export_wh"] or d["unassigned_import_wh"]:
             c.print(f"devices without an account: export {format_kwh(d['unassigned_export_wh'])} kWh, "
                     f"import {format_kwh(d['unassigned_import_wh'])} kWh (not settled)")
+        if d["book_only"]:
+            c.print(f"book-only goodwill credit: {format_eea(sum(int(v) for v in d['book_only'].values()))} "
+                    f"over {len(d['book_only'])} account(s) (not on chain, not a difference)")
         for line in d["differences"]:
             c.print(f"[red]DIFF[/red] {line}")
         c.print("[green]clean[/green]" if not d["differences"] else
@@ -339,14 +416,36 @@ def storage_list(app):
 
 @ledger.command("withdraw")
 @click.argument("account")
-@click.argument("amount", type=EeaType(bare="base", minimum=1))
+@click.argument("amount", type=EeaType(bare="eea", minimum=1))
+@click.option("--yes", is_flag=True, help=f"Do not ask above {CONFIRM_ABOVE // EEA} EEA (scripts).")
 @common_options
-def withdraw_cmd(app, account, amount):
-    """Pay AMOUNT escrowed EEA base units back to ACCOUNT's wallet."""
-    from gateway.ledger.storage import withdraw
+@_fail_chain
+def withdraw_cmd(app, account, amount, yes):
+    """Pay AMOUNT escrowed EEA (a bare number is EEA; 'N base' for base units) back to ACCOUNT's wallet.
+
+    Only chain-backed EEA: refused for more than the account's escrow on chain holds
+    (beyond what queued settlements take from it) and for a book-only goodwill credit."""
+    from web3 import Web3
+
+    from gateway.ledger.storage import StorageError, withdraw
 
     s = _settings(app)
-    sid = withdraw(_conn(app), s.community, account, amount)
+    try:
+        address = accounts.normalize_address(account)
+    except accounts.BalanceError as e:
+        raise UserError(str(e)) from None
+    conn = _conn(app)
+    chain = _chain(s)
+    try:
+        chain.check()
+        escrow = chain.call(chain.watt.functions.escrowOf(Web3.to_checksum_address(address)).call)
+    except ValueError as e:  # ChainError: wrong chain, no contract code
+        raise UserError(str(e)) from None
+    confirm_amount(app, yes, f"withdrawing {describe_eea(amount)} to {address}", amount)
+    try:
+        sid = withdraw(conn, s.community, account, amount, chain_escrow=escrow)
+    except (StorageError, accounts.BalanceError) as e:
+        raise UserError(str(e)) from None
     app.emit({"account": accounts.normalize_address(account), "amount": str(amount), "settlement_id": sid},
              lambda d: click.echo(f"queued: withdraw {format_eea(amount)} to {d['account']} ({sid})"))
 
@@ -386,15 +485,45 @@ def outbox_cmd(app, state, limit):
 
 # ---- run --------------------------------------------------------------------------------------
 
+def _check_gas(app, s):
+    """Before `run` signs anything: the gateway's key can pay the next queued intent's
+    gas bound, else one line saying what to fund. A chain that is down is `run`'s to report."""
+    from pathlib import Path
+
+    from gateway.ledger import intents
+    from gateway.ledger.chain import InsufficientFunds
+
+    if not Path(app.db_path).exists():
+        return
+    conn = _conn(app)
+    intent = outbox.next_queued(conn)
+    if intent is None:
+        return
+    try:
+        _, _, gas = intents.call_for(intent["kind"], intent["settlement_id"], json.loads(intent["payload"]),
+                                     len(tables.storage_owners(conn)))
+    except (ValueError, TypeError):
+        return      # the worker rejects it, with its own message
+    try:
+        chain = _chain(s)
+        chain.require_funds(keystore.address(s.keystore), min(gas, s.max_tx_gas), chain.fees(s.max_fee_wei),
+                            f"the next settlement ({intent['kind']})")
+    except InsufficientFunds as e:
+        raise UserError(str(e)) from None
+    except (ConnectionError, ValueError):
+        return
+
+
 @ledger.command("run")
 @click.option("--until-idle", is_flag=True, help="Exit once the outbox is empty and all is confirmed.")
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 1).")
+@click.option("--timeout", type=Seconds(), default=None, help="Give up after this many seconds (exit 1).")
 @common_options
 def run_cmd(app, until_idle, timeout):
     """Settle due intervals and drive the outbox to the chain (what `egs-gw run` does for the ledger)."""
     from gateway.ledger.runner import Runner
 
     s = _settings(app)
+    _check_gas(app, s)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = Runner(s, app.db_path)

@@ -6,30 +6,10 @@ decision and its intent land together or not at all. A settlement id is the
 idempotency key end to end: enqueueing an id twice is a no-op here, and the
 contract refuses to apply an id twice on chain (the call reverts).
 
-The ledger worker (gateway/ledger/worker.py) takes intents in `id` order, signs
-each into a raw transaction that is stored with its nonce in `ledger_txs` in one
-database transaction before it is broadcast, and marks the intent confirmed once
-its transaction is deep enough. A stored raw transaction is re-broadcast after a
-crash, never re-signed with a new nonce; only when its nonce was provably used by
-another transaction is the intent signed again (and then the contract's id check
-still guarantees it applies once).
-
-Intent states: queued -> signed -> confirmed; `rejected` for a payload that can
-never become a valid call (kept for the operator, skipped by the worker).
-Transaction states (ledger_txs): signed -> sent -> mined -> confirmed, or
-reverted / dropped (its nonce was taken by another transaction).
-
-Payload shapes, by kind (all amounts integers: Wh, EEA base units with 18 decimals;
-gateway/ledger/intents.py maps each to its contract call):
-  "interval": {"community", "start": int, "batch": int, "records_hash": "0x…",
-               "entries": [[account, mint_wh, burn_wh, commission_eea], …]}
-               (written by gateway/ledger/settlement.py)
-  "session":  {"payer", "pool", "station_owner": address, "energy_wh": int,
-               "energy_eea": int, "fee_eea": int, "records_hash": "0x…"}
-  "trades":   {"trades": [{"seller", "buyer": address, "wh": int, "eea": int}, …],
-               "records_hash": "0x…"}
-  "storage":  {"owner": address, "capacity_wh": int}
-  "withdraw": {"account": address, "amount": int}
+The ledger worker (gateway/ledger/worker.py) signs intents in `id` order; each raw
+transaction is stored with its nonce in `ledger_txs` before it is broadcast, and after a
+crash it is re-broadcast, never re-signed with a new nonce (docs/ledger.md, "Outbox and
+worker"). The states and payload shapes are noted beside KINDS.
 """
 import json
 import time
@@ -38,6 +18,21 @@ from eth_utils import keccak
 
 from gateway.db import ensure_schema, transaction
 
+# Payload shapes, by kind (all amounts integers: Wh, EEA base units with 18 decimals;
+# gateway/ledger/intents.py maps each to its contract call):
+#   "interval": {"community", "start": int, "batch": int, "records_hash": "0x…",
+#                "entries": [[account, mint_wh, burn_wh, commission_eea], …]}
+#                (written by gateway/ledger/settlement.py)
+#   "session":  {"payer", "pool", "station_owner": address, "energy_wh": int,
+#                "energy_eea": int, "fee_eea": int, "records_hash": "0x…"}
+#   "trades":   {"trades": [{"seller", "buyer": address, "wh": int, "eea": int}, …],
+#                "records_hash": "0x…"}
+#   "storage":  {"owner": address, "capacity_wh": int}
+#   "withdraw": {"account": address, "amount": int}
+# Intent states: queued -> signed -> confirmed; `rejected` for a payload that can never
+# become a valid call (kept for the operator, skipped by the worker). Transaction states
+# (ledger_txs): signed -> sent -> mined -> confirmed, or reverted / dropped (its nonce was
+# taken by another transaction) / replaced (re-priced: a new row with the same nonce).
 KINDS = ("interval", "session", "trades", "storage", "withdraw")
 VERSION = 3  # 3: transactions may be 'replaced' (re-priced with the same nonce)
 

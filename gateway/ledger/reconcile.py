@@ -12,12 +12,17 @@ What must agree (at one block):
   intervals equals the settled intervals' export minus (import - grid import),
   and each settled interval's figures are the ones its batch settled;
 - no Shortfall happened on chain (a burn or charge that found less than decided).
+
+Book-only goodwill credits (`egs-gw account credit`, and their reversals) have no
+tokens behind them by design: they are left out of the comparison and reported on
+their own (`book_only`), never as a difference.
 """
 from collections import defaultdict
 
 from gateway import accounts
 from gateway.ingest import intervals
 from gateway.ledger import outbox, settlement, tables
+from gateway.ledger.storage import BOOK_ONLY_REASONS
 from gateway.ledger.worker import DEPOSIT_REASON
 from gateway.units import EEA_SUPPLY
 
@@ -62,11 +67,14 @@ def reconcile(conn, chain):
     expected = defaultdict(int)
     in_flight = defaultdict(int)
     unbacked = defaultdict(int)
+    book_only = defaultdict(int)
     for address, asset, reason, ref, amount, delta in conn.execute(
             "SELECT address, asset, reason, ref, amount, delta FROM balance_entries"):
         key = (address, asset)
         value = int(amount) if amount is not None else int(delta)
-        if ref in applied or reason == DEPOSIT_REASON:
+        if asset == "EEA" and reason in BOOK_ONLY_REASONS:
+            book_only[address] += value
+        elif ref in applied or reason == DEPOSIT_REASON:
             expected[key] += value
         elif ref in pending:
             in_flight[key] += value
@@ -106,6 +114,7 @@ def reconcile(conn, chain):
     return {"block": block, "differences": diffs, "applied": len(applied), "pending": len(pending),
             "accounts": len(book_accounts), "watt_supply": supply, "escrow_total": escrow_total,
             "in_flight": {f"{a} {asset}": v for (a, asset), v in sorted(in_flight.items()) if v},
+            "book_only": {a: v for a, v in sorted(book_only.items()) if v},
             **energy}
 
 

@@ -24,6 +24,9 @@ async def run(ctx):
             except Exception:
                 ctx.log.exception("ledger tick failed")  # one bad tick must not end the gateway
                 runner.last = {}
+            ctx.health["ledger"] = {"ok": runner.chain_up is not False,
+                                    "chain": runner.last.get("chain", "up"),
+                                    "error": runner.last.get("error")}
             if runner.busy():
                 continue
             waiters = {asyncio.ensure_future(ctx.stopping.wait()), asyncio.ensure_future(wake.wait())}

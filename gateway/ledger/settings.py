@@ -42,7 +42,7 @@ section("ledger", {
     "network_pool": (str, ""),
     # Deployment only: the five EEA holders of the whitepaper distribution.
     "distribution": (dict, {}),
-})
+}, paths=("keystore", "password_file", "deployment"))
 
 DISTRIBUTION_KEYS = ("open_issue", "company", "foundation", "founding_team", "contribution")
 MAX_BATCH = 512

@@ -1,45 +1,17 @@
 """Interval settlement: closed 15-minute intervals become balance-book entries and
-ledger outbox intents, in one SQLite transaction.
+ledger outbox intents, in one SQLite transaction (a crash anywhere in it leaves nothing).
 
-When an interval has ended at least `grace_s` ago (late readings), each account
-with devices in it is settled from the sum of its devices' interval energy
-(gateway/ingest/intervals.py; corrections of already settled intervals arrive there as
-adjustments carried into the device's next open interval):
+When an interval has ended at least `grace_s` ago (late readings), each account with
+devices in it is settled from the sum of its devices' interval energy
+(gateway/ingest/intervals.py, with the adjustments carried into it):
 
     net   = export_wh - import_wh
     delta = max(net, -balance)        WATT minted (delta > 0) or burned (delta < 0)
-    grid  = delta - net               import the WATT balance could not cover: grid
-                                      import, recorded here for billing
+    grid  = delta - net               import the WATT balance could not cover (billing)
 
 so per account, always: minted - burned = metered export - (metered import - grid).
-Export and import of the same interval are netted (one mint or one burn).
-
-The storage commission (gateway/ledger/commission.py) is charged once per interval
-on every account holding WATT, on the balance it held before the interval's own
-mint or burn, in escrowed EEA up to what the account has (the rest is recorded as
-commission due but not charged). Intervals are charged from the first one the
-ledger sees on; a gateway that was down catches up interval by interval, but an
-interval that closed while `commission_rate` was 0 is never charged afterwards.
-
-Accounts are cut into batches (`batch_accounts`, and what fits the transaction gas
-limit); each batch is one intent with settlement id
-keccak("community|interval start|batch number"). An interval whose device rows
-arrive late (a device that was offline) is settled in further batches with the
-next numbers. Devices without an account are marked settled under a marker id
-("none:…", never on chain) so they are not reconsidered; reconcile reports them.
-
-Bounds: before any arithmetic or SQLite write, every device interval and every
-account's sum in an interval must be within `ledger.max_interval_wh` (and the account's
-WATT balance plus it inside 64 bits). An account beyond that is held for review: its
-device intervals stay unsettled, listed in `ledger_review` (`held`), logged and recorded
-as a security event `settlement_held`, and are not considered again; every other
-account settles as usual. Signed readings can carry such figures only when the ingest's
-plausibility limit is off, or a key is stolen and the limit too generous.
-
-A batch's records hash is keccak256 over the concatenated keccak256 of each raw
-OCMF record (utf-8) the batch's device intervals rest on (gateway/ingest/intervals.py
-`interval_readings`), ordered by device id then sequence: anyone holding the
-signed records can recompute it and match the Settled event on chain.
+Commission, batches, bounds and the records hash: docs/ledger.md ("Settlement engine"),
+and beside the code that applies each.
 """
 import json
 import logging
@@ -73,7 +45,12 @@ def batch_limit(settings, owners):
 
 
 def records_hash(conn, rows):
-    """(hash, [[device_id, [seq, …]], …]) over the signed records `rows` rest on."""
+    """(hash, [[device_id, [seq, …]], …]) over the signed records `rows` rest on.
+
+    keccak256 over the concatenated keccak256 of each raw OCMF record (utf-8), ordered by
+    device id then sequence: anyone holding the signed records can recompute it and match
+    the Settled event on chain.
+    """
     leaves = {}
     for r in rows:
         for rd in intervals.interval_readings(conn, r["device_id"], r["start"], r["end"]):
@@ -134,7 +111,14 @@ class Engine:
         return sids
 
     def _hold_out_of_bounds(self, conn, rows, watt, now):
-        """The rows that may be settled; the others are held for review (module docstring)."""
+        """The rows that may be settled; the others are held for review.
+
+        Every device interval and every account's sum in an interval must be within
+        max_interval_wh (and the account's WATT balance plus it inside 64 bits), checked
+        before any arithmetic or SQLite write. An account beyond that has its device
+        intervals listed in `ledger_review`, logged and recorded as a security event
+        `settlement_held`, and not considered again; every other account settles as usual.
+        """
         sums = defaultdict(lambda: [0, 0])
         for r in rows:
             key = (r["start"], r["account"] or "")
@@ -181,6 +165,8 @@ class Engine:
             energy[r["account"]][0] += r["export_wh"]
             energy[r["account"]][1] += r["import_wh"]
             devices[r["account"]].append(r)
+        # Devices without an account are marked settled under a marker id (never on chain) so
+        # they are not reconsidered; reconcile reports them.
         if unassigned:
             marker = "none:" + outbox.settlement_id(s.community, start, "no-account")[2:]
             intervals.mark_settled(conn, unassigned, marker)
@@ -192,6 +178,8 @@ class Engine:
         owners = tables.storage_owners(conn)
         size = batch_limit(s, len(owners))
         ordered = sorted(accts)
+        # Each batch is one intent, settlement id keccak("community|interval start|batch");
+        # device rows that arrive late for this interval are settled under the next numbers.
         batch_no = conn.execute(
             "SELECT COALESCE(MAX(batch) + 1, 0) FROM ledger_batches WHERE community=? AND start=?",
             (s.community, start)).fetchone()[0]
@@ -200,6 +188,9 @@ class Engine:
             chunk = ordered[i:i + size]
             sid = outbox.settlement_id(s.community, start, batch_no)
             entries, book, acct_rows, total = [], [], [], 0
+            # Commission: on every account holding WATT, on the balance it held before this
+            # interval's own mint or burn, in escrowed EEA up to what the account has (the
+            # rest is recorded as due but not charged).
             for a in chunk:
                 held, paid = watt[a], eea[a]
                 due = commission.due(held, s.commission_rate) if charge else 0

@@ -3,12 +3,21 @@
 Each lands in the book / mirror table and the outbox in one SQLite transaction,
 like every other decision, and reaches the chain in outbox order; so the storage
 owners the commission split uses at any settlement are the same on both sides.
+
+A withdrawal pays out only chain-backed EEA: never the book-only goodwill credit
+(`egs-gw account credit`, no tokens behind it) and never more than the escrow on
+chain holds for the account beyond what queued settlements already take from it.
 """
 from gateway import accounts
 from gateway.db import transaction
 from gateway.ledger import intents, outbox, tables
+from gateway.units import format_eea
 
 WITHDRAW_REASON = "withdraw"
+# book-only EEA: a goodwill credit and its reversal; no tokens move on chain for them
+GOODWILL_REASON = "ocpp_prepaid"
+GOODWILL_REVERSAL = "goodwill_reversal"
+BOOK_ONLY_REASONS = (GOODWILL_REASON, GOODWILL_REVERSAL)
 MAX_CAPACITY_WH = 2**63 - 1  # what SQLite's INTEGER holds (≈ 9.2 PWh, far beyond any storage)
 
 
@@ -36,12 +45,49 @@ def set_capacity(conn, community, owner, capacity_wh):
     return sid
 
 
-def withdraw(conn, community, account, amount):
-    """Pay escrowed EEA back to its owner; refused if the book balance is too low."""
+def book_only(conn, address=None):
+    """{address: outstanding book-only goodwill EEA} (credits minus reversals)."""
+    out = {}
+    for a, amount, delta in conn.execute(
+            "SELECT address, amount, delta FROM balance_entries WHERE asset='EEA' AND reason IN (?, ?)"
+            + (" AND address=?" if address else ""), (*BOOK_ONLY_REASONS, *([address] if address else []))):
+        out[a] = out.get(a, 0) + (int(amount) if amount is not None else int(delta))
+    return {a: v for a, v in out.items() if v}
+
+
+def queued_out(conn, address):
+    """EEA that intents not yet confirmed on chain take from `address`'s escrow."""
+    total = 0
+    for amount, delta in conn.execute(
+            "SELECT e.amount, e.delta FROM balance_entries e JOIN ledger_outbox o ON o.settlement_id=e.ref "
+            "WHERE e.address=? AND e.asset='EEA' AND o.state IN ('queued', 'signed')", (address,)):
+        value = int(amount) if amount is not None else int(delta)
+        if value < 0:
+            total -= value
+    return total
+
+
+def withdraw(conn, community, account, amount, chain_escrow=None):
+    """Pay escrowed EEA back to its owner; refused if the book balance is too low, for the
+    book-only goodwill part, and (given `chain_escrow`, the account's escrow on chain) for
+    more than the chain holds beyond what queued intents already take from it."""
     account = _payee(account, "withdrawal account")
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         raise StorageError("amount must be a positive integer (EEA base units)")
     with transaction(conn):
+        goodwill = book_only(conn, account).get(account, 0)
+        have = accounts.balance(conn, account, "EEA")
+        if goodwill > 0 and have - goodwill < amount <= have:
+            raise StorageError(
+                f"{account}: only {format_eea(max(have - goodwill, 0))} of its {format_eea(have)} can be "
+                f"withdrawn; {format_eea(goodwill)} is a book-only goodwill credit (no tokens on chain)")
+        if chain_escrow is not None:
+            leaving = queued_out(conn, account)
+            if amount > chain_escrow - leaving:
+                raise StorageError(
+                    f"not enough EEA on chain for {account}: the escrow holds {format_eea(chain_escrow)}"
+                    + (f", {format_eea(leaving)} of it queued to leave" if leaving else "")
+                    + f"; at most {format_eea(max(chain_escrow - leaving, 0))} can be withdrawn")
         n = (tables.get_state(conn, "withdrawals", 0)) + 1
         tables.put_state(conn, "withdrawals", n)
         sid = outbox.settlement_id(community, "withdraw", account, n)

@@ -249,6 +249,8 @@ class Worker:
         if any(word in error.lower() for word in UNDERPRICED):
             self._reprice(tx, f"refused as underpriced ({error[:200]})")
             return False        # the replacement goes out in the next round
+        if "insufficient funds" in error.lower():
+            error = f"{error[:300]}: fund the gateway key {self.sender} with ETH for gas"
         with transaction(self.conn):
             outbox.tx_state(self.conn, tx["id"], tx["state"], error=error[:500])
             outbox.note_error(self.conn, tx["outbox_id"], error)

@@ -3,16 +3,10 @@
 Whitepaper 7.3: a user defines only a target buying and a target selling price;
 the platform places the order itself once a balance threshold is reached and no
 other order of that side is open — so energy is sold before the battery (capped
-at B_max) is full and profit is lost, and bought when it runs low.
-
-Per user (all Wh; defaults from B_max, the whitepaper assumes users hold about
-half the maximum on average):
-  sell_price, sell_above_wh (default B_max: "battery full"), keep_wh (default B_max/2):
-      when the energy he can sell reaches sell_above_wh, offer everything above keep_wh;
-  buy_price, buy_below_wh (default 0: empty), buy_up_to_wh (default B_max/2):
-      when his stored energy falls to buy_below_wh, bid for what brings it to buy_up_to_wh.
-A side without a price is not traded. Agents act when the user's balance changes
-(settlement, meters, charging), which Market notices on its next operation.
+at B_max) is full and profit is lost, and bought when it runs low. The thresholds
+and their defaults from B_max: `decide`, `resolve`, docs/market.md. A side without
+a price is not traded. Agents act when the user's balance changes (settlement,
+meters, charging), which Market notices on its next operation.
 """
 from gateway.market.book import BUY, SELL
 from gateway.units import MAX_WH, UnitError, parse_price
@@ -88,7 +82,7 @@ def store(conn, community, owner, fields, now, bmax):
             continue
         if key in ("buy_price", "sell_price"):
             try:
-                new[key] = None if value in ("", "none", "off") else parse_price(value, bare="base")
+                new[key] = None if value in ("", "none", "off") else parse_price(value, bare="eea")
             except UnitError as e:
                 raise AgentError(f"{key}: {e}") from None
         elif key == "enabled":
@@ -118,7 +112,14 @@ def _text(value):
 
 
 def decide(agent, bal, open_sides, bmax):
-    """The orders an agent places now: [(side, qty, price)]. Pure: balances in, orders out."""
+    """The orders an agent places now: [(side, qty, price)]. Pure: balances in, orders out.
+
+    Sell: when the energy he can sell reaches sell_above_wh (default B_max: "battery
+    full"), offer everything above keep_wh (default B_max/2). Buy: when his stored energy
+    falls to buy_below_wh (default 0: empty), bid for what brings it to buy_up_to_wh
+    (default B_max/2). The defaults assume, as the whitepaper does, that users hold about
+    half the maximum on average.
+    """
     if not agent["enabled"]:
         return []
     try:

@@ -1,41 +1,17 @@
 """The community order book: a continuous double auction with the whitepaper's twists.
 
-Prices are integers in EEA base units per kWh, quantities integer Wh; the cost of
-q Wh at price p is q * p // 1000 (floor), the same rule everywhere in the project.
+Prices are integers in EEA base units per kWh, quantities integer Wh; the cost of q Wh
+at price p is q * p // 1000 (floor), the same rule everywhere in the project. Priority is
+price, then time (the order id, which only grows). Unlike a stock exchange (whitepaper
+7.3; docs/market.md, "The rules"), a sell order may rest without energy to deliver (it
+counts for the quote but cannot execute), a buy fills only up to its owner's B_max, and
+a buyer's EEA must cover the price at match time; a user never trades with himself.
 
-Priority is price, then time (the order id, which only grows). What makes this book
-different from a stock exchange (whitepaper 7.3):
-
-* A sell order may rest although its owner has no energy to deliver: energy may
-  not exist yet. It counts for the quote (best bid/ask and spread come from the
-  whole book, "regardless of energy being available or not") but cannot execute:
-  a buyer trades with the first seller, in price-time order, who has the energy now.
-* Every user has a maximum balance B_max. A buy that would take its owner above it
-  is not filled beyond the cap; its rest waits in the book until the balance falls.
-* A buyer's EEA must cover the price at match time; what it cannot pay for waits.
-
-So executability is decided at match time from a balance view (`Balances`), never
-stored in the book. When balances change outside the book (settlement, meters,
-charging), `rematch(owners)` lets the orders of those owners trade with what now
-crosses them. Whatever order was in the book first sets the trade price, so a
-trade happens at the price it would have had if everyone had had the energy.
-
-A user never trades with himself: his own orders are skipped during matching.
-
-Data structures: per side a dict price -> Level (a FIFO deque of orders) and a
-sorted list of the price keys (bids keyed by -price so both sides walk ascending);
-bisect keeps the key list sorted, which is cheap because a book has few distinct
-prices compared to orders. Cancels and fills only mark an order dead (O(1)); dead
-orders leave the deque when they reach its head or when the level is compacted.
-
-Parking: an order found unexecutable during a scan (a seller without energy, a
-buyer at B_max or without EEA) is parked: it stays in its level for the quote but
-leaves the level's scan queue, so the next buyer does not walk past it again. This
-is sound because a trade never makes anyone more able to trade (see
-MemoryBalances); only an outside balance change does, and the book hears of those
-through `rematch(owners)`, which first puts the owners' parked orders back in their
-queues, in time order. Without parking, a few thousand resting asks of sellers
-without energy near the best price cut throughput by half (bench/market.py).
+So executability is decided at match time from a balance view (MemoryBalances, or the
+gateway's), never stored in the book; when balances change outside it, `rematch(owners)`
+lets those owners' orders trade with what now crosses them. Whatever order was in the
+book first sets the trade price, so a trade happens at the price it would have had if
+everyone had had the energy. Data structures: Level; parking: the note above Book._park.
 """
 from bisect import bisect_left, insort
 from collections import deque
@@ -124,6 +100,15 @@ class Trade:
 
 
 class Level:
+    """One price of one side: a FIFO deque of orders.
+
+    Per side the book keeps a dict price -> Level and a sorted list of the price keys
+    (bids keyed by -price so both sides walk ascending); bisect keeps the key list sorted,
+    which is cheap because a book has few distinct prices compared to orders. Cancels and
+    fills only mark an order dead (O(1)); dead orders leave the deque when they reach its
+    head or when the level is compacted.
+    """
+
     __slots__ = ("dead", "idx", "key", "live", "orders", "parked", "price", "qty")
 
     def __init__(self, idx, key, price):
@@ -554,6 +539,14 @@ class Book:
         if o.remaining == 0:
             self._retire(o, FILLED)
 
+    # Parking: an order found unexecutable during a scan (a seller without energy, a buyer
+    # at B_max or without EEA) stays in its level for the quote but leaves the level's scan
+    # queue, so the next buyer does not walk past it again. Sound because a trade never
+    # makes anyone more able to trade (see MemoryBalances); only an outside balance change
+    # does, and the book hears of those through `rematch(owners)`, which first puts the
+    # owners' parked orders back in their queues, in time order. Without parking, a few
+    # thousand resting asks of sellers without energy near the best price cut throughput by
+    # half (bench/market.py).
     def _park(self, o):
         o.parked = True
         lvl = o.level

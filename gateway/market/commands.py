@@ -2,10 +2,10 @@
 
     quote | book | orders | place | cancel | amend | trades | settle | agents set|list | sizing
 
-Prices are EEA base units per kWh, or decimal EEA with a unit ("0.55 EEA");
+Prices are EEA per kWh ("0.55" or "0.55 EEA"; base units only as "550000000000000000 base");
 quantities Wh, or "1.5 kWh". People get rich tables (prices shown in EEA per kWh),
 scripts get `--json` (prices and EEA as integers in base units). Mistakes are one
-line on stderr and exit status 1.
+line on stderr, exit status 1 (2 for a usage mistake).
 """
 import datetime
 
@@ -23,7 +23,7 @@ from gateway.units import PriceType, WhType, format_price
 
 _Group = OneLineGroup  # usage mistakes and database errors as one line on stderr
 
-PRICE, WH = PriceType(bare="base"), WhType()
+PRICE, WH = PriceType(bare="eea"), WhType()
 
 
 def _console():
@@ -160,7 +160,7 @@ def _print_result(r):
 @click.option("--side", type=click.Choice([BUY, SELL]), required=True)
 @click.option("--qty", type=WH, required=True, help="Wh, or e.g. '1.5 kWh'.")
 @click.option("--price", type=PRICE, default=None,
-              help="Limit price per kWh: base units, or '0.55 EEA'.")
+              help="Limit price per kWh in EEA ('0.55'); base units need 'base'.")
 @click.option("--market", "market_", is_flag=True, help="A market buy: take what sells now.")
 @click.option("--max-price", type=PRICE, default=None, help="Market buy: pay at most this.")
 @community_option

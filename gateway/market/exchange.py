@@ -7,12 +7,9 @@ every order, trade and close it caused. If anything fails the transaction rolls
 back and the in-memory book is dropped and reloaded, so memory never runs ahead
 of the store.
 
-Executability reads the balance book (gateway/accounts.py) at match time, minus
-what unsettled trades already promised:
-  sellable  = WATT balance − WATT sold in unsettled trades
-  spendable = EEA balance − EEA owed for unsettled buys
-  headroom  = B_max − WATT balance − WATT bought in unsettled trades
-Trades settle per interval (settlement.py), which moves them into the balance book.
+Executability reads the balance book (gateway/accounts.py) at match time, minus what
+unsettled trades already promised (SqlBalances). Trades settle per interval
+(settlement.py), which moves them into the balance book.
 """
 import sqlite3
 
@@ -38,7 +35,12 @@ from gateway.units import EEA_SUPPLY, MAX_WH, parse_price
 
 
 class SqlBalances:
-    """The balance view for one operation: read lazily, updated by the trades it makes."""
+    """The balance view for one operation: read lazily, updated by the trades it makes.
+
+        sellable  = WATT balance − WATT sold in unsettled trades
+        spendable = EEA balance − EEA owed for unsettled buys
+        headroom  = B_max − WATT balance − WATT bought in unsettled trades
+    """
 
     def __init__(self, conn, bmax):
         self.conn = conn
@@ -414,7 +416,7 @@ def market_buy_for_session(conn, community, account, wh, *, ref, max_price=None,
     """
     s = dict(settings or market_settings())
     if max_price is None and s.get("session_max_price"):
-        max_price = parse_price(s["session_max_price"], bare="base")
+        max_price = parse_price(s["session_max_price"], bare="eea")
     market = Market(conn, community, s, clock=clock)
     return market.session_buy(account, wh, ref, max_price=max_price)
 

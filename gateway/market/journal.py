@@ -1,21 +1,17 @@
 """The market's tables, and the journal from which a book is rebuilt exactly.
 
-Every change to a book is an event in `market_journal`, written in the same SQLite
-transaction as the order and trade rows it concerns:
-  add   (order id, owner, side, price or NULL for a market order, qty)
-  fill  (order id, Wh, trade id)          one per side of every trade
-  close (order id, status)                filled, cancelled, done (market rest dropped)
-Replaying the events in sequence, without matching, yields the same resting orders
-with the same remaining quantities in the same time order, whatever the balances
-are now — matching decisions are never re-taken, only re-read. A process also uses
-the journal to catch up with what another process (the CLI next to the service)
-did since it last looked.
+Every change to a book is an event in `market_journal` (add, fill, close: the comment on
+its table), written in the same SQLite transaction as the order and trade rows it
+concerns. Replaying the events in sequence, without matching, yields the same resting
+orders with the same remaining quantities in the same time order, whatever the balances
+are now — matching decisions are never re-taken, only re-read. A process also uses the
+journal to catch up with what another process (the CLI next to the service) did since it
+last looked.
 
 `market_orders` and `market_trades` hold the current state and the history people
-query; the open rows of `market_orders` are a second, faster way to load a book,
-and the tests check both ways give the live book.
-
-Big amounts (prices, EEA) are stored as decimal TEXT: SQLite integers stop at 2**63.
+query; the open rows of `market_orders` are a second, faster way to load a book, and
+the tests check both ways give the live book. Big amounts (prices, EEA) are stored as
+decimal TEXT: SQLite integers stop at 2**63.
 """
 from gateway.db import ensure_schema
 from gateway.market.book import BUY, OPEN, SELL, Book
@@ -63,6 +59,10 @@ SCHEMA = [
         ON market_trades(community, settlement_id, interval_start, id)""",
     "CREATE INDEX IF NOT EXISTS market_trades_seller ON market_trades(seller, settlement_id)",
     "CREATE INDEX IF NOT EXISTS market_trades_buyer ON market_trades(buyer, settlement_id)",
+    # The journal's events:
+    #   add   (order id, owner, side, price or NULL for a market order, qty)
+    #   fill  (order id, Wh, trade id)          one per side of every trade
+    #   close (order id, status)                filled, cancelled, done (market rest dropped)
     """CREATE TABLE IF NOT EXISTS market_journal (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         community TEXT NOT NULL,

@@ -30,7 +30,7 @@ def install_price_hook(ctx, settings, log):
     pool, fallback = ocpp.get("energy_pool"), ocpp.get("price_per_kwh")
     try:
         pool = accounts.normalize_address(pool) if isinstance(pool, str) else None
-        fallback = parse_price(fallback, bare="base") if isinstance(fallback, int | str) else None
+        fallback = parse_price(str(fallback), bare="eea") if isinstance(fallback, int | str) else None
     except ValueError:
         pool = None
     if pool is None or fallback is None:

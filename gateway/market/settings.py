@@ -43,7 +43,7 @@ def validate(cfg):
         raise ConfigError("market.poll_s: must be positive")
     if m["session_max_price"]:
         try:
-            parse_price(m["session_max_price"], bare="base")
+            parse_price(m["session_max_price"], bare="eea")
         except UnitError as e:
             raise ConfigError(f"market.session_max_price: {e}") from None
     return m

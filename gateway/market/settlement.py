@@ -8,14 +8,8 @@ batch), the settlement row, and the trades marked with that id. A crash before t
 commit leaves nothing; after it, the trades are marked and never taken again; and
 the id makes the outbox and the contract refuse a second application anyway.
 The balance book and the outbox are written in the same order the chain applies
-them, so the chain's balances follow the book's.
-
-A sale promised energy that may be gone at settlement: the seller's WATT can be
-burned for his own consumption between the trade and its settlement (the ledger
-burns up to the balance), or a buyer's EEA spent on charging. Then the trade
-settles for what can still be delivered and paid — never a negative balance —
-and the shortfall is recorded on the trade (`settled_wh` < `wh`) and in the
-settlement row, for the operator to see.
+them, so the chain's balances follow the book's. A trade whose energy or EEA is gone
+by then settles for what can still be delivered and paid (`settle_trades`).
 """
 import json
 
@@ -37,7 +31,14 @@ def records_hash(rows):
 
 def settle_trades(conn, community, trade_ids, sid, kind, now, interval_start=None, batch=None,
                   ref=""):
-    """Settle the given unsettled trades under `sid` (caller's transaction). → summary dict."""
+    """Settle the given unsettled trades under `sid` (caller's transaction). → summary dict.
+
+    A sale promised energy that may be gone by now: the seller's WATT can be burned for
+    his own consumption between the trade and its settlement (the ledger burns up to the
+    balance), or a buyer's EEA spent on charging. Then the trade settles for what can still
+    be delivered and paid — never a negative balance — and the shortfall is recorded on
+    the trade (`settled_wh` < `wh`) and in the settlement row, for the operator to see.
+    """
     marks = ",".join("?" * len(trade_ids))
     rows = [dict(r) for r in conn.execute(
         f"SELECT * FROM market_trades WHERE id IN ({marks}) AND settlement_id IS NULL ORDER BY id",

@@ -2,7 +2,8 @@
 
 A StopTransaction is answered every time, but a transaction leaves `active` once:
 later copies change nothing. A stop the charger would otherwise retry and drop is
-kept and held for review. Settling writes, in the caller's transaction, the
+kept and held for review. A session whose charger went away is force-closed by the
+operator (`force_close`): stopped at the last meter value received, settled the same way. Settling writes, in the caller's transaction, the
 balance-book entries, the ledger outbox intent and the session's state, so they
 land together or not at all; a session that cannot be billed is held for review,
 never lost. Amounts: EEA columns are TEXT holding decimal integers (a session can
@@ -17,7 +18,7 @@ from gateway.accounts import BalanceError
 from gateway.ledger import outbox
 from ocpp_cs.store.base import StoreError, event, in_int64, now, parse_time
 from ocpp_cs.store.chargers import get_charger
-from ocpp_cs.store.id_tags import authorize, id_tag_info
+from ocpp_cs.store.id_tags import authorize, id_tag_info, wire_status
 from ocpp_cs.store.metering import meter_values, record_meter_values
 from ocpp_cs.store.transactions import get_transaction
 
@@ -32,8 +33,9 @@ def assess(tx, values, charger, settings, replayed_from=None):
       * a charger with a registered meter key must send them (missing → review),
         and any signed value that fails verification holds the session;
       * unsigned: meterStop − meterStart, refused when negative, above
-        max_session_wh (a lifetime register value in one of them), above what
-        max_power_w delivers in the session's duration, or when the energy
+        max_session_wh (a lifetime register value in one of them), above what the
+        charger's rated power (its max_power_w, else the config's) delivers in
+        the session's duration (signed too), or when the energy
         registers in MeterValues disagree with meterStart..meterStop (kWh/Wh mix-up).
     """
     reasons, notes = [], []
@@ -68,10 +70,11 @@ def assess(tx, values, charger, settings, replayed_from=None):
         reasons.append(f"implausible energy {energy} Wh > {settings.max_session_wh} Wh "
                        "(lifetime register value?)")
     duration = (tx["stop_epoch"] or 0) - tx["start_epoch"]
+    power = charger["max_power_w"] or settings.max_power_w   # its rating, else the config's
     if energy > 0 and duration <= 0:
         reasons.append("transaction stops before it starts")
-    elif energy > settings.max_power_w * duration / 3600 + 10:
-        reasons.append(f"{energy} Wh in {duration:.0f} s exceeds {settings.max_power_w} W")
+    elif energy > power * duration / 3600 + 10:
+        reasons.append(f"{energy} Wh in {duration:.0f} s exceeds {power} W")
     tol = max(10, abs(unsigned) // 100)
     for v in values:
         wh = v["wh"]
@@ -117,8 +120,14 @@ def stop_transaction(conn, charger_id, transaction_id, meter_stop, timestamp, se
     if id_tag is not None:
         status = "Accepted" if id_tag.upper() == tx["id_tag"].upper() else \
             authorize(conn, id_tag, settings, charger_id)[0]
-        info = id_tag_info(status)
+        info = id_tag_info(wire_status(status))
     if tx["state"] != "active":
+        if FORCE_CLOSED in json.loads(tx["flags"]):
+            # closed by the operator while the charger was away: its stop is kept as an
+            # event for the record, the bill stays as it was
+            event(conn, charger_id, "stop_after_force_close", transaction_id=transaction_id,
+                  meter_stop=str(raw_meter_stop)[:40], timestamp=timestamp, reason=reason)
+            return info
         if (tx["meter_stop"], tx["stop_ts"]) != (meter_stop, timestamp):
             event(conn, charger_id, "stop_replay_differs", transaction_id=transaction_id,
                   first=[tx["meter_stop"], tx["stop_ts"]],
@@ -203,7 +212,8 @@ def settle(conn, transaction_id, settings, price_source, energy_override=None, n
         if tx["address"] is None:
             reasons.append(f"idTag {tx['id_tag']} has no account")
         elif tx["auth_status"] != "Accepted" and energy > 0:
-            reasons.append(f"started with idTag status {tx['auth_status']}")
+            reasons.append(f"started with idTag status {tx['auth_status']}"
+                           + (f" ({tx['auth_reason']})" if tx["auth_reason"] else ""))
     else:
         energy, source, reasons, notes = int(energy_override), "operator", [], [note]
         if energy < 0:
@@ -273,6 +283,50 @@ def settle(conn, transaction_id, settings, price_source, energy_override=None, n
     event(conn, tx["charger_id"], "session_settled", transaction_id=transaction_id,
           energy_wh=energy, energy_eea=str(energy_eea), fee_eea=str(fee_eea), settlement_id=sid)
     return "settled"
+
+
+FORCE_CLOSED = "force_closed"
+
+
+def last_register(conn, tx):
+    """→ (Wh, timestamp) of the last energy register received for an active transaction
+    (a MeterValues sample, in arrival order), or its meterStart and start when none."""
+    for row in conn.execute(
+            "SELECT wh, ts FROM ocpp_meter_values WHERE transaction_id=? AND wh IS NOT NULL "
+            "ORDER BY id DESC", (tx["id"],)):
+        try:
+            parse_time(row["ts"])
+        except StoreError:
+            continue
+        return row["wh"], row["ts"]
+    return tx["meter_start"], tx["start_ts"]
+
+
+def force_close(conn, transaction_id, note, settings, price_source):
+    """Close an active session its charger never stopped (it went away): stopped at the
+    last energy register received, flagged `force_closed` with the note, then settled as
+    a StopTransaction would be (once; held for review by the same rules). A StopTransaction
+    the charger sends for it later is answered and changes nothing. → 'settled' | 'review'.
+    """
+    note = (note or "").strip()
+    if not note:
+        raise StoreError("a note is required: why the session is closed by hand")
+    tx = get_transaction(conn, transaction_id)
+    if tx is None:
+        raise StoreError(f"unknown transaction {transaction_id}")
+    if tx["state"] != "active":
+        raise StoreError(f"transaction {transaction_id} is {tx['state']}, not active")
+    meter_stop, stop_ts = last_register(conn, tx)
+    flags = json.loads(tx["flags"])
+    flags += [FORCE_CLOSED, f"force-closed: {note}"]
+    conn.execute(
+        "UPDATE ocpp_transactions SET meter_stop=?, stop_ts=?, stop_epoch=?, stop_reason=?, "
+        "stopped_at=?, flags=? WHERE id=?",
+        (meter_stop, stop_ts, parse_time(stop_ts), "ForceClosed", now(), json.dumps(flags),
+         transaction_id))
+    event(conn, tx["charger_id"], "session_force_closed", transaction_id=transaction_id,
+          meter_stop=meter_stop, stop=stop_ts, note=note)
+    return settle(conn, transaction_id, settings, price_source)
 
 
 def void(conn, transaction_id, note):

@@ -5,10 +5,15 @@ the tables of the components the store writes into inside the same transaction:
 the balance book (`gateway.accounts`) and the ledger outbox.
 """
 from gateway import accounts
-from gateway.db import ensure_schema
+from gateway.db import ensure_schema, transaction
 from gateway.ledger import outbox
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# columns added after version 1: (table, column, declaration), added to an older store first
+_ADDED = [
+    ("ocpp_chargers", "pending_remote", "TEXT"),   # the host a pending charger id belongs to
+    ("ocpp_chargers", "max_power_w", "INTEGER"),   # rated power; NULL: [ocpp] max_power_w
+]
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ocpp_chargers (
         id TEXT PRIMARY KEY,
@@ -20,6 +25,8 @@ SCHEMA = [
         vendor TEXT, model TEXT, serial TEXT, firmware TEXT,
         announced_keys TEXT NOT NULL DEFAULT '{}',
         last_boot REAL, last_seen REAL,
+        pending_remote TEXT,
+        max_power_w INTEGER,
         created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
     )""",
     """CREATE TABLE IF NOT EXISTS ocpp_connectors (
@@ -106,10 +113,24 @@ SCHEMA = [
         updated_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
     )""",
     "CREATE INDEX IF NOT EXISTS ocpp_cmd_state ON ocpp_commands(state, id)",
+    # idTags a charger may start a session for: an Authorize Accepted for it, a RemoteStart
+    """CREATE TABLE IF NOT EXISTS ocpp_auth_grants (
+        charger_id TEXT NOT NULL,
+        id_tag TEXT NOT NULL COLLATE NOCASE,
+        source TEXT NOT NULL,
+        granted_at REAL NOT NULL,
+        used_at REAL,
+        PRIMARY KEY (charger_id, id_tag)
+    )""",
 ]
 
 
 def init(conn):
     accounts.init(conn)
     outbox.init(conn)
+    with transaction(conn):
+        for table, column, decl in _ADDED:
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if have and column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
     ensure_schema(conn, "ocpp", SCHEMA_VERSION, SCHEMA)

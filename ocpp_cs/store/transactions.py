@@ -3,13 +3,16 @@
 The transactionId is the row id of `ocpp_transactions` (AUTOINCREMENT: unique,
 never reused, never derived from time). A StartTransaction retry with the same
 (charger, connector, idTag, meterStart, timestamp) returns the same id. A start
-queued offline is kept with its own timestamp and flagged. Stopping a transaction
+queued offline is kept with its own timestamp and flagged. A start for an idTag the
+charger was not granted (id_tags.spend_grant: an Authorize or RemoteStart for it)
+is answered Invalid and recorded so, which holds it for review instead of billing
+it. Stopping a transaction
 is in `billing.py`, because a stop and its settlement are one decision.
 """
 import json
 
 from ocpp_cs.store.base import StoreError, event, in_int64, now, parse_time
-from ocpp_cs.store.id_tags import authorize, id_tag_info
+from ocpp_cs.store.id_tags import authorize, id_tag_info, spend_grant, wire_status
 
 # an idTag in an active transaction younger than this is refused elsewhere (ConcurrentTx);
 # older ones are taken as lost (charger reset without StopTransaction)
@@ -30,9 +33,14 @@ def start_transaction(conn, charger_id, connector_id, id_tag, meter_start, times
         "AND id_tag=? AND meter_start=? AND start_ts=?",
         (charger_id, connector_id, id_tag, meter_start, timestamp)).fetchone()
     if row is not None:
-        return row["id"], id_tag_info(row["auth_status"])
+        return row["id"], id_tag_info(wire_status(row["auth_status"]))
     status, address, reason = authorize(conn, id_tag, settings, charger_id, at=start_epoch)
     offline = start_epoch < now() - settings.offline_after_s
+    source = spend_grant(conn, charger_id, id_tag, settings.authorize_window_s, offline)
+    if source is None and status == "Accepted":
+        status, reason = "Invalid", "not authorized on this charger (no Authorize or RemoteStart)"
+        event(conn, charger_id, "security", what="StartTransaction for an idTag not granted "
+              "to this charger", id_tag=id_tag, connector=connector_id, offline=offline)
     flags = []
     if offline:
         flags.append("offline_start")
@@ -54,7 +62,7 @@ def start_transaction(conn, charger_id, connector_id, id_tag, meter_start, times
         "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (charger_id, connector_id, id_tag, address, status, reason, reservation_id, meter_start,
          timestamp, start_epoch, int(offline), json.dumps(flags)))
-    return cur.lastrowid, id_tag_info(status)
+    return cur.lastrowid, id_tag_info(wire_status(status))
 
 
 def get_transaction(conn, transaction_id):

@@ -126,7 +126,8 @@ def test_revoked_device_loses_its_credential(tmp_path, gwdb):
         p = Peer(mosq.port, "dev1", old, client_id="dev1-a")
         assert p.connect()
         p.close()
-        res = cli_invoke("device", "revoke", "--db", db_path, "--id", "dev1", "--broker-dir", s["dir"], "--json")
+        res = cli_invoke("device", "revoke", "--db", db_path, "--id", "dev1", "--broker-dir", s["dir"], "--yes",
+                         "--json")
         assert res.exit_code == 0, res.stderr
         out = json.loads(res.stdout)
         assert out["broker_credential_removed"] is True and out["broker_reloaded"] is True
@@ -380,3 +381,142 @@ def test_device_update_runs_beside_the_gateway(tmp_path, gwdb, cleanup):
         assert time.time() - started < 20
         log = (tmp_path / "gw.log").read_text()
         assert log.count("connected to MQTT broker") == 1 and "retrying" not in log, log[-2000:]
+
+
+def _connects(port, user, password, tag):
+    p = Peer(port, user, password, client_id=f"{user}-{tag}")
+    try:
+        return p.connect(timeout=3)
+    finally:
+        p.close()
+
+
+def test_broker_config_refuses_a_missing_database(tmp_path, gwdb):
+    """A mistyped --db must not create an empty database and rewrite passwd without devices."""
+    Signer("dev1").register(gwdb)
+    db_path = tmp_path / "gw.sqlite"
+    _, s = secured_broker(tmp_path, gwdb, db_path)
+    before = Path(s["passwd"]).read_text()
+    wrong = tmp_path / "typo.sqlite"
+    res = cli_invoke("broker", "config", "--db", wrong, "--out", s["dir"], "--community", COMMUNITY)
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert str(wrong) in res.stderr and "--db" in res.stderr and "store.db" in res.stderr
+    assert not wrong.exists() and Path(s["passwd"]).read_text() == before
+    for args in (("device", "restore", "--id", "dev1"), ("device", "rotate-password", "dev1", "--yes")):
+        res = cli_invoke(*args, "--db", wrong, "--broker-dir", s["dir"])
+        assert res.exit_code == 1 and str(wrong) in res.stderr and not wrong.exists(), res.stderr
+    # first-time setup says so explicitly
+    fresh = tmp_path / "fresh.sqlite"
+    res = cli_invoke("broker", "config", "--db", fresh, "--out", tmp_path / "b2", "--community", COMMUNITY,
+                     "--init", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert fresh.exists() and json.loads(res.stdout)["devices"] == []
+
+
+def test_broker_config_keeps_device_logins_another_database_does_not_know(tmp_path, gwdb):
+    """Run against the wrong (existing) database, `broker config` would reload the live broker
+    with a passwd holding no device: every meter locked out. It needs --force for that."""
+    Signer("dev1").register(gwdb)
+    Signer("dev2").register(gwdb)
+    db_path = tmp_path / "gw.sqlite"
+    mosq, s = secured_broker(tmp_path, gwdb, db_path)
+    other = tmp_path / "other.sqlite"
+    from gateway import db
+    store.init(db.connect(other))
+    with mosq:
+        pw = broker.credential(s["dir"], "dev1", create=False)
+        before = Path(s["passwd"]).read_text()
+        res = cli_invoke("broker", "config", "--db", other, "--out", s["dir"], "--community", COMMUNITY,
+                         "--port", mosq.port)
+        assert res.exit_code == 1 and res.stderr.count("\n") == 1, res.stderr
+        assert "2 device user(s)" in res.stderr and "dev1, dev2" in res.stderr and "--force" in res.stderr
+        assert Path(s["passwd"]).read_text() == before
+        assert _connects(mosq.port, "dev1", pw, "a")
+        res = cli_invoke("broker", "config", "--db", other, "--out", s["dir"], "--community", COMMUNITY,
+                         "--port", mosq.port, "--force", "--json")
+        assert res.exit_code == 0, res.stderr
+        assert json.loads(res.stdout)["reloaded"] is True
+        assert not _connects(mosq.port, "dev1", pw, "b")       # what --force asked for
+
+
+def test_restore_undoes_a_revocation_with_the_same_login(tmp_path, gwdb):
+    Signer("dev1").register(gwdb)
+    db_path = tmp_path / "gw.sqlite"
+    mosq, s = secured_broker(tmp_path, gwdb, db_path)
+    pw = broker.credential(s["dir"], "dev1", create=False)
+    with mosq:
+        res = cli_invoke("device", "revoke", "--db", db_path, "--id", "dev1", "--broker-dir", s["dir"], "--yes")
+        assert res.exit_code == 0, res.stderr
+        assert not _connects(mosq.port, "dev1", pw, "a")
+        res = cli_invoke("device", "restore", "--db", db_path, "--id", "dev1", "--broker-dir", s["dir"],
+                         "--note", "wrong device", "--json")
+        assert res.exit_code == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["revoked"] is False and out["password_kept"] is True and out["broker_reloaded"] is True
+        assert _connects(mosq.port, "dev1", pw, "b")            # the device logs in as it is
+        assert store.get_device(gwdb, "dev1")["revoked"] is False
+        kinds = [e["kind"] for e in store.events(gwdb, "dev1")]
+        assert "device_revoked" in kinds and "device_restored" in kinds
+        res = cli_invoke("device", "restore", "--db", db_path, "--id", "dev1", "--broker-dir", s["dir"])
+        assert res.exit_code == 1 and "not revoked" in res.stderr
+
+
+def test_rotate_password_retires_the_old_one(tmp_path, gwdb):
+    Signer("dev1").register(gwdb)
+    Signer("dev2").register(gwdb)
+    db_path = tmp_path / "gw.sqlite"
+    mosq, s = secured_broker(tmp_path, gwdb, db_path)
+    old = broker.credential(s["dir"], "dev1", create=False)
+    with mosq:
+        res = cli_invoke("device", "rotate-password", "dev1", "--db", db_path, "--broker-dir", s["dir"],
+                         "--yes", "--json")
+        assert res.exit_code == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["broker_reloaded"] is True and out["pushed_to_device"] is False
+        new = broker.credential(s["dir"], "dev1", create=False)
+        assert new != old and stat.S_IMODE(os.stat(out["credential_file"]).st_mode) == 0o600
+        assert not _connects(mosq.port, "dev1", old, "a")
+        assert _connects(mosq.port, "dev1", new, "b")
+        assert _connects(mosq.port, "dev2", broker.credential(s["dir"], "dev2", create=False), "c")
+
+
+@pytest.mark.parametrize("args", [("device", "revoke", "--id", "dev1"),
+                                  ("device", "rotate-password", "dev1")])
+def test_destructive_commands_without_a_terminal_need_yes(tmp_path, gwdb, args):
+    Signer("dev1").register(gwdb)
+    db_path = tmp_path / "gw.sqlite"
+    _, s = secured_broker(tmp_path, gwdb, db_path)
+    before = Path(s["passwd"]).read_text()
+    res = cli_invoke(*args, "--db", db_path, "--broker-dir", s["dir"])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("egs-gw: error: ") and "--yes" in res.stderr
+    assert store.get_device(gwdb, "dev1")["revoked"] is False
+    assert Path(s["passwd"]).read_text() == before
+
+
+def test_update_to_the_running_version_is_skipped(tmp_path, gwdb, cleanup):
+    """A device already on the release's version: `skipped` with the reason, exit 0, and no
+    offer is sent (nothing to do is not "updated")."""
+    from tools import release
+
+    pub = release.generate_key(tmp_path / "release.pem")
+    bundle, manifest = release.build(release.load_secret(tmp_path / "release.pem"), tmp_path / "dist")
+    Signer("dev1").register(gwdb)
+    db_path = tmp_path / "gw.sqlite"
+    mosq, s = secured_broker(tmp_path, gwdb, db_path)
+    with mosq:
+        from tests.gateway.fixtures import gateway_config
+        cfg = gateway_config(tmp_path, mosq.port, s["gateway_password_file"], broker={"dir": s["dir"]})
+        dev = Peer(mosq.port, "dev1", broker.credential(s["dir"], "dev1", create=False), client_id="dev1")
+        cleanup.append(dev)
+        assert dev.connect()
+        dev.subscribe(topic("dev1", "cmd"))
+        dev.publish(topic("dev1", "status"), json.dumps(
+            {"state": "online", "fw": manifest["version"], "ota": {"confirmed": True}}).encode(), retain=True)
+        res = cli_invoke("device", "update", "--config", cfg, "--db", db_path, "--release", bundle,
+                         "--release-key", pub.hex() if isinstance(pub, bytes) else pub,
+                         "--device", "dev1", "--host", "127.0.0.1", "--timeout", 60, "--json")
+        assert res.exit_code == 0, res.stderr
+        got = json.loads(res.stdout)["devices"]["dev1"]
+        assert got == {"result": "skipped", "detail": f"already runs version {manifest['version']}"}
+        assert not [t for t, _ in dev.log if t.endswith("/cmd")]

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway.cli import main
 from gateway.ingest import store
 from gateway.ingest.core import IngestCore, Message
-from tests.gateway.fixtures import COMMUNITY, T0, Signer, egs_gw, topic
+from tests.gateway.fixtures import COMMUNITY, T0, Signer, cli_invoke, egs_gw, topic
 
 ACCOUNT = "0x" + "ab" * 20
 
@@ -91,9 +91,9 @@ def test_revoke_and_replace_meter(cli):
                     "--json"))
     assert d == {"id": "d1", "meter_serial": "NEW", "epoch": 1}
     one_line_error(cli("device", "replace-meter", "--id", "d1", "--meter-serial", "OLD"), "already installed")
-    r = ok_json(cli("device", "revoke", "--id", "d1", "--reason", "stolen", "--json"))
+    r = ok_json(cli("device", "revoke", "--id", "d1", "--reason", "stolen", "--yes", "--json"))
     assert r["revoked"] is True and r["revoked_reason"] == "stolen" and r["broker_credential_removed"] is False
-    one_line_error(cli("device", "revoke", "--id", "d1"), "already revoked")
+    one_line_error(cli("device", "revoke", "--id", "d1", "--yes"), "already revoked")
     one_line_error(cli("device", "replace-meter", "--id", "d1", "--meter-serial", "NEWER"), "revoked")
     ev = ok_json(cli("events", "--json"))
     assert [e["kind"] for e in ev["security_events"]] == ["device_revoked", "meter_replaced"]
@@ -145,14 +145,18 @@ def test_readings_intervals_events_status(cli, tmp_path):
     ev = ok_json(cli("events", "--json"))
     assert {q["reason"] for q in ev["quarantine"]} == {"malformed", "register_decreased"}
     assert set(ev["quarantine"][0]) >= {"id", "device_id", "reason", "detail", "raw", "count", "seq"}
-    st = ok_json(cli("status", "--json"))
-    assert st["service"]["running"] is False
+    res = cli("status", "--json")      # no service: the state is printed, and exit status 1
+    assert res.exit_code == 1
+    st = json.loads(res.stdout)
+    assert st["service"]["running"] is False and st["service"]["healthy"] is False
     assert st["devices"] == [{"id": "d1", "revoked": False, "state": None, "last_seen": st["devices"][0]["last_seen"],
                               "last_seen_s": st["devices"][0]["last_seen_s"], "last_seq": 8, "acked_seq": 8,
                               "unacked_stored": 0, "missing": 0, "device_log_depth": None}]
-    for args in (("readings",), ("intervals",), ("events",), ("status",)):
+    for args in (("readings",), ("intervals",), ("events",)):
         res = cli(*args)
         assert res.exit_code == 0 and res.stdout, args
+    res = cli("status")
+    assert res.exit_code == 1 and "gateway not running" in res.stdout and res.stderr == ""
 
 
 def test_verify_command(cli, tmp_path):
@@ -222,6 +226,9 @@ def test_example_config_is_valid():
     cfg = config_mod.load(example)
     settings.validate(cfg)
     assert cfg["gateway"]["community"] and cfg["mqtt"]["broker"]
+    # a first start from the example must not start a ledger that has no key (an ERROR
+    # on every start that sends a new user the wrong way)
+    assert "ledger" not in cfg["gateway"]["components"] or cfg.get("ledger", {}).get("keystore")
 
 
 def test_store_survives_concurrent_cli_reads_while_ingesting(cli, tmp_path):
@@ -237,3 +244,91 @@ def test_store_survives_concurrent_cli_reads_while_ingesting(cli, tmp_path):
         conn.execute("ROLLBACK")
         conn.close()
     assert store.count_readings(db.connect(tmp_path / "gw.sqlite", readonly=True)) == 49
+
+
+def test_relative_paths_in_a_config_file_are_beside_it(tmp_path):
+    """The systemd unit and a technician's shell elsewhere use the same database: a relative
+    path in the config file is the config file's directory's, not the working directory's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gateway import db
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "gateway.toml").write_text('[gateway]\ncommunity = "c1"\n[store]\ndb = "data/gw.sqlite"\n')
+    (etc / "data").mkdir()
+    conn = db.connect(etc / "data" / "gw.sqlite")
+    store.init(conn)
+    Signer("beside").register(conn)
+    conn.close()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("EGS_GW_CONFIG", "EGS_GW_DB")}
+    res = subprocess.run([str(Path(sys.executable).parent / "egs-gw"), "device", "list", "--config",
+                          "../etc/gateway.toml", "--json"], cwd=home, capture_output=True, text=True,
+                         env=env, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    assert [d["id"] for d in json.loads(res.stdout)["devices"]] == ["beside"]
+    assert not (home / "data").exists()
+    # a path given on the command line stays the working directory's
+    res = subprocess.run([str(Path(sys.executable).parent / "egs-gw"), "device", "list", "--config",
+                          "../etc/gateway.toml", "--db", "data/gw.sqlite"], cwd=home,
+                         capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert res.returncode == 1 and str(Path("data/gw.sqlite")) in res.stderr
+
+
+def test_every_path_key_of_the_config_resolves_beside_the_file(tmp_path):
+    from gateway import config, service
+
+    service.declare_sections()
+    paths = {"store": ["db"], "mqtt": ["password_file", "updater_password_file", "ca_file"],
+             "broker": ["dir", "certfile", "keyfile", "cafile"],
+             "ledger": ["keystore", "password_file", "deployment"], "ocpp": ["tls_cert", "tls_key"]}
+    (tmp_path / "release.pub").write_text("04" + "ab" * 64)
+    lines = ['[gateway]\ncommunity = "c1"', '[firmware]\nrelease_pubkey = "release.pub"']
+    for sec, keys in paths.items():
+        lines.append(f"[{sec}]\n" + "".join(f'{k} = "rel/{k}"\n' for k in keys))
+    (tmp_path / "g.toml").write_text("\n".join(lines) + "\n")
+    cfg = config.load(str(tmp_path / "g.toml"))
+    for sec, keys in paths.items():
+        for k in keys:
+            assert cfg[sec][k] == str(tmp_path / "rel" / k), (sec, k)
+    assert cfg["firmware"]["release_pubkey"] == str(tmp_path / "release.pub")
+    # a hex key stays a key; absolute paths and empty values stay as written
+    (tmp_path / "g.toml").write_text('[firmware]\nrelease_pubkey = "04abcd"\n[mqtt]\nca_file = "/x/ca.pem"\n'
+                                     'password_file = ""\n')
+    cfg = config.load(str(tmp_path / "g.toml"), {"mqtt.user": "u"})
+    assert cfg["firmware"]["release_pubkey"] == "04abcd"
+    assert cfg["mqtt"]["ca_file"] == "/x/ca.pem" and cfg["mqtt"]["password_file"] == ""
+
+
+def test_status_reports_components_and_exits_1_unless_the_gateway_is_healthy(tmp_path, gwdb, mosquitto,
+                                                                            cleanup):
+    """A running gateway: status 0 with each component's health; stopped: 1, state still shown."""
+    from tests.gateway.fixtures import gateway_config, start_gateway, wait_for
+
+    db_path = tmp_path / "gw.sqlite"
+    cfg = gateway_config(tmp_path, mosquitto.port, "", gateway={"components": ["ocpp"]},
+                         mqtt={"user": "", "password_file": ""})
+    gw = start_gateway(tmp_path, cfg, db_path)
+    cleanup.append(gw)
+
+    def status():
+        return cli_invoke("status", "--config", cfg, "--db", db_path, "--json")
+
+    wait_for(lambda: "ocpp" in json.loads(status().stdout)["service"]["components"], timeout=30,
+             what="the ocpp component in the heartbeat")
+    res = status()
+    st = json.loads(res.stdout)["service"]
+    assert res.exit_code == 0, res.stdout
+    assert st["running"] and st["connected"] and st["healthy"]
+    assert st["components"]["ocpp"] == {"ok": True, "listening": None}
+    gw.stop()
+    res = status()
+    st = json.loads(res.stdout)["service"]
+    assert res.exit_code == 1 and st["running"] is False and st["healthy"] is False
+    human = cli_invoke("status", "--config", cfg, "--db", db_path)
+    assert human.exit_code == 1 and "gateway not running" in human.stdout

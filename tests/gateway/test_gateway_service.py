@@ -94,7 +94,8 @@ def test_ingest_through_mosquitto(tmp_path, gwdb, cleanup):
         assert _stored_seqs(db_path) == list(range(1, 44))
         assert violations == []
         # revoked from the CLI while running: its next record is refused
-        res = cli_invoke("device", "revoke", "--db", db_path, "--id", "dev3", "--broker-dir", tmp_path / "nowhere")
+        res = cli_invoke("device", "revoke", "--db", db_path, "--id", "dev3", "--broker-dir", tmp_path / "nowhere",
+                         "--yes")
         assert res.exit_code == 0, res.stderr
         dev3 = ReplayingDevice(mosq.port, s3, _password(summary, "dev3")).start()   # broker not reloaded
         cleanup.append(dev3)

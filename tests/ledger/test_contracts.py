@@ -114,9 +114,65 @@ def test_only_gateways_settle_and_only_the_admin_grants(w):
     with w.gw(), boa.reverts("WATT: not a gateway"):
         w.watt.settleInterval(sid(1), Z32, [(stranger, 1000, 0, 0)])
     with boa.env.prank(w.admin):
-        w.watt.setAdmin(stranger)
-        with boa.reverts("WATT: not the admin"):
-            w.watt.setGateway(w.gateway, True)
+        w.watt.proposeAdmin(stranger)
+    with boa.env.prank(stranger):
+        w.watt.acceptAdmin()
+    with boa.env.prank(w.admin), boa.reverts("WATT: not the admin"):
+        w.watt.setGateway(w.gateway, True)
+
+
+def test_admin_change_is_two_step_and_only_the_proposed_address_accepts(w):
+    cold, other = boa.env.generate_address("cold"), boa.env.generate_address("other")
+    functions = {f["name"] for f in w.watt.abi if f["type"] == "function"}
+    assert "setAdmin" not in functions                         # no one-step hand-over
+    for who in (other, w.gateway):
+        with boa.env.prank(who), boa.reverts("WATT: not the admin"):
+            w.watt.proposeAdmin(who)
+    with boa.env.prank(w.admin):
+        w.watt.proposeAdmin(other)
+        assert names(w.watt.get_logs()) == ["AdminProposed"]
+        w.watt.proposeAdmin(cold)                              # overwrites the first proposal
+    assert w.watt.pendingAdmin() == cold and w.watt.admin() == w.admin
+    for who in (other, w.gateway, w.admin):
+        with boa.env.prank(who), boa.reverts("WATT: not the proposed admin"):
+            w.watt.acceptAdmin()
+    with boa.env.prank(w.admin):                               # still the admin until accepted
+        w.watt.setPools(w.edu, w.net)
+    with boa.env.prank(cold):
+        w.watt.acceptAdmin()
+        assert names(w.watt.get_logs()) == ["AdminSet"]
+    assert w.watt.admin() == cold and w.watt.pendingAdmin() == "0x" + "00" * 20
+    with boa.env.prank(cold), boa.reverts("WATT: not the proposed admin"):
+        w.watt.acceptAdmin()                                   # the proposal is used up
+    with boa.env.prank(w.admin):                               # the old admin has no rights left
+        for call in (lambda: w.watt.setGateway(other, True), lambda: w.watt.setPools(other, other),
+                     lambda: w.watt.proposeAdmin(w.admin), lambda: w.watt.cancelAdminProposal()):
+            with boa.reverts("WATT: not the admin"):
+                call()
+    with boa.env.prank(cold):
+        w.watt.setGateway(other, True)
+    assert w.watt.isGateway(other)
+    with w.gw():                                               # the gateway settles as before
+        w.watt.settleInterval(sid(1), Z32, [(other, 1000, 0, 0)])
+    assert w.watt.balanceOf(other) == 1000
+
+
+def test_the_admin_can_cancel_a_proposal_and_nobody_else_can(w):
+    cold = boa.env.generate_address("cold")
+    with boa.env.prank(w.admin):
+        with boa.reverts("WATT: admin address is zero"):
+            w.watt.proposeAdmin("0x" + "00" * 20)
+        w.watt.proposeAdmin(cold)
+    for who in (cold, w.gateway):
+        with boa.env.prank(who), boa.reverts("WATT: not the admin"):
+            w.watt.cancelAdminProposal()
+    with boa.env.prank(w.admin):
+        w.watt.cancelAdminProposal()
+        assert names(w.watt.get_logs()) == ["AdminProposed"]
+    assert w.watt.pendingAdmin() == "0x" + "00" * 20
+    with boa.env.prank(cold), boa.reverts("WATT: not the proposed admin"):
+        w.watt.acceptAdmin()
+    assert w.watt.admin() == w.admin
 
 
 def test_watt_has_three_decimals_and_no_public_mint(w):

@@ -62,7 +62,9 @@ def test_key_deploy_status_and_a_second_deploy_refused(fresh, monkeypatch):
     assert js(cli(env, "key", "show", "--json"))["address"] == created["address"]
     r = cli(env, "key", "new")
     assert r.exit_code == 1 and "exists already" in r.output
-    dep = js(cli(env, "deploy", "--json"))
+    r = cli(env, "deploy", "--json")                 # stderr: the hot-key-is-admin warning
+    assert r.exit_code == 0, r.output
+    dep = json.loads(r.stdout)
     assert json.loads(env.deployment.read_text())["watt"] == dep["watt"]
     status = js(cli(env, "status", "--json"))
     assert status["chain"] == "up" and status["gateway_role"] is True and status["watt"] == dep["watt"]
@@ -125,9 +127,9 @@ def test_balances_reconcile_storage_withdraw(ledger_env):
     b = js(cli(env, "balances", "--account", addr(1), "--json"))["accounts"]
     assert b == [{"account": addr(1), "book_watt_wh": 2400, "chain_watt_wh": 2400, "book_eea": str(20 * 10**18),
                   "chain_eea": str(20 * 10**18), "grid_import_wh": 0}]
-    w = js(cli(env, "withdraw", addr(1), 10**18, "--json"))
+    w = js(cli(env, "withdraw", addr(1), 1, "--json"))                 # a bare number is EEA
     assert w["amount"] == str(10**18)
-    r = cli(env, "withdraw", addr(1), 30 * 10**18)
+    r = cli(env, "withdraw", addr(1), "30000000000000000000 base")
     assert r.exit_code == 1 and "not enough EEA" in r.output
     r = cli(env, "run", "--until-idle", "--timeout", "60")
     assert r.exit_code == 0, r.output
@@ -148,12 +150,13 @@ def test_chain_down_status_still_answers_and_run_reports_an_undrained_outbox(led
     s.register(conn, account=addr(1))
     ingest(conn, s, [(1, T0, 0, 0), (2, T0 + L, 0, 10)])
     env.anvil.stop()
-    status = js(cli(env, "status", "--json"))
-    assert status["chain"] == "down" and "not reachable" in status["chain_error"]
+    r = cli(env, "status", "--json")       # answers, and exits 1: the ledger cannot settle
+    status = json.loads(r.stdout)
+    assert r.exit_code == 1 and status["chain"] == "down" and "not reachable" in status["chain_error"]
     r = env.cli("ledger", "run", "--until-idle", "--timeout", "2", "--config", env.config_path)
     assert r.returncode == 1 and "outbox not drained" in r.stderr
     assert "chain not reachable" in r.stderr and PASSWORD not in r.stderr
-    assert js(cli(env, "status", "--json"))["outbox"] == {"queued": 1}
+    assert json.loads(cli(env, "status", "--json").stdout)["outbox"] == {"queued": 1}
     r = cli(env, "reconcile")
     assert r.exit_code == 1 and "chain not reachable" in r.output
 

@@ -25,6 +25,7 @@ class Ctx:
         self.log = log
         self.stopping = asyncio.Event()
         self.hooks = {"interval_closed": []}
+        self.health = {}        # as gateway.service.Context: components report here
 
 
 async def until(predicate, timeout=30.0):

@@ -51,7 +51,7 @@ def test_session_energy_is_bought_at_the_market(tmp_path):
         cs.url = f"ws://127.0.0.1:{cs.port}/ocpp"
         try:
             async with raw_client(cs) as c:
-                started = await c.ok("StartTransaction", {
+                started = await c.start({  # Authorize, then start
                     "connectorId": 1, "idTag": "TAG1", "meterStart": 50_000,
                     "timestamp": now_iso(-3600)})
                 await c.ok("StopTransaction", {"transactionId": started["transactionId"],

@@ -19,6 +19,7 @@ class Ctx:
         self.log = logging.getLogger("test.market")
         self.stopping = asyncio.Event()
         self.hooks = {"interval_closed": []}
+        self.health = {}        # as gateway.service.Context: components report here
 
 
 def load(tmp_path, extra=""):

@@ -28,8 +28,8 @@ FAST = {"n": 2**10, "r": 8, "p": 1}
 
 def settings(**over):
     section = dict(config.load()["ocpp"])
-    section.update({"listen": "127.0.0.1:0", "price_per_kwh": PRICE, "energy_pool": POOL,
-                    "min_deposit_eea": DEPOSIT, "command_poll_s": 0.05})
+    section.update({"listen": "127.0.0.1:0", "price_per_kwh": f"{PRICE} base", "energy_pool": POOL,
+                    "min_deposit_eea": f"{DEPOSIT} base", "command_poll_s": 0.05})
     section.update(over)
     return Settings(section)
 
@@ -101,6 +101,12 @@ class RawClient:
         frame = await self.call(action, payload)
         assert frame[0] == 4, frame
         return frame[2]
+
+    async def start(self, payload):
+        """Authorize, then StartTransaction, as a charger does: the CS bills only idTags
+        it accepted for this charger."""
+        await self.ok("Authorize", {"idTag": payload["idTag"]})
+        return await self.ok("StartTransaction", payload)
 
 
 def now_iso(offset=0.0):

@@ -13,13 +13,13 @@ from tests.ocpp.fixtures import EV_ADDR, OWNER, PASSWORD, POOL, PRICE, central, 
 def cli(tmp_path, *args, ok=True):
     conf = tmp_path / "gw.toml"
     if not conf.exists():
-        conf.write_text(f'[ocpp]\nprice_per_kwh = {PRICE}\nenergy_pool = "{POOL}"\n'
+        conf.write_text(f'[ocpp]\nprice_per_kwh = "{PRICE} base"\nenergy_pool = "{POOL}"\n'
                         'min_deposit_eea = "1 EEA"\n')
     result = CliRunner().invoke(main, [*args, "--config", str(conf), "--db",
                                        str(tmp_path / "g.db"), "--json"])
     if ok:
         assert result.exit_code == 0, (args, result.output)
-        return json.loads(result.output)
+        return json.loads(result.stdout)
     assert result.exit_code != 0, (args, result.output)
     return result.output
 
@@ -90,8 +90,9 @@ def test_cs_to_charger_commands_from_the_cli(tmp_path):
                 await cp.deliver(1, 1_500)
                 assert (await gw("charger", "remote-stop", "--id", "CP1", "--transaction",
                                  str(tx_id)))["status"] == "Accepted"
-                assert (await gw("charger", "remote-stop", "--id", "CP1", "--transaction",
-                                 "99999"))["status"] == "Rejected"
+                # a refusal is printed (JSON too) and exits 1
+                assert json.loads(await gw("charger", "remote-stop", "--id", "CP1", "--transaction",
+                                           "99999", ok=False))["status"] == "Rejected"
                 await cp.wait_idle()
                 while (await gw("session", "show", str(tx_id)))["state"] == "active":
                     await asyncio.sleep(0.05)
@@ -108,8 +109,8 @@ def test_cs_to_charger_commands_from_the_cli(tmp_path):
                 assert cp.connectors[2].available is False
                 assert (await gw("charger", "config", "set", "--id", "CP1",
                                  "MeterValueSampleInterval", "15"))["status"] == "Accepted"
-                assert (await gw("charger", "config", "set", "--id", "CP1", "NoSuchKey", "1"
-                                 ))["status"] == "NotSupported"
+                assert json.loads(await gw("charger", "config", "set", "--id", "CP1", "NoSuchKey",
+                                           "1", ok=False))["status"] == "NotSupported"
                 got = await gw("charger", "config", "get", "--id", "CP1",
                                "MeterValueSampleInterval", "Bogus")
                 assert got["configurationKey"] == [{"key": "MeterValueSampleInterval",
@@ -120,8 +121,9 @@ def test_cs_to_charger_commands_from_the_cli(tmp_path):
                 assert cp.auth_cache == {}
                 assert (await gw("charger", "trigger", "--id", "CP1", "StatusNotification",
                                  "--connector", "2"))["status"] == "Accepted"
-                assert (await gw("charger", "trigger", "--id", "CP1",
-                                 "FirmwareStatusNotification"))["status"] == "NotImplemented"
+                assert json.loads(await gw("charger", "trigger", "--id", "CP1",
+                                           "FirmwareStatusNotification", ok=False)
+                                  )["status"] == "NotImplemented"
                 boots = cp.boots
                 assert (await gw("charger", "reset", "--id", "CP1"))["status"] == "Accepted"
                 while cp.boots == boots:
@@ -159,6 +161,9 @@ def test_review_release_and_void_from_the_cli(tmp_path):
     neg, huge = run(go())
     assert [s["state"] for s in cli(tmp_path, "session", "list", "--state", "review")] == \
         ["review", "review"]
+    # assessed again, it stays in review: printed, and exit status 1
+    again = json.loads(cli(tmp_path, "session", "settle", str(huge), "--note", "look again", ok=False))
+    assert (again["state"], again["id"]) == ("review", huge)
     s = cli(tmp_path, "session", "settle", str(huge), "--energy-wh", "7000", "--note",
             "meter photo: 7 kWh")
     assert (s["state"], s["energy_wh"], s["energy_source"]) == ("settled", 7000, "operator")
@@ -196,7 +201,7 @@ def test_command_in_flight_when_the_service_stops_fails_and_cli_never_hangs(tmp_
     assert row["state"] == "failed" and "stopped" in row["error"]
 
     # a service that claims the command and dies: nothing will ever finish it
-    (tmp_path / "gw.toml").write_text(f'[ocpp]\nprice_per_kwh = {PRICE}\nenergy_pool = "{POOL}"\n'
+    (tmp_path / "gw.toml").write_text(f'[ocpp]\nprice_per_kwh = "{PRICE} base"\nenergy_pool = "{POOL}"\n'
                                       "call_timeout = 1\n")
     stop = threading.Event()
 
@@ -214,3 +219,127 @@ def test_command_in_flight_when_the_service_stops_fails_and_cli_never_hangs(tmp_
         stop.set()
         t.join()
     assert "recorded no answer" in out
+
+
+def test_charger_and_account_remove_refuse_active_sessions_and_keep_history(tmp_path):
+    """`charger remove` / `account remove`: refused while a session runs (or a balance
+    remains) unless --force, confirmed with --yes, and the sessions stay on record."""
+    seed(tmp_path / "g.db", chargers=[("CP1", {"fee": 0})], tags=[("TAG1", EV_ADDR, 5 * 10**18)])
+    cli(tmp_path, "account", "add", "--id-tag", "SPARE")
+    from tests.ocpp.fixtures import now_iso, raw_client
+
+    async def start():
+        async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
+            return (await c.ok("StartTransaction", {
+                "connectorId": 1, "idTag": "TAG1", "meterStart": 1000,
+                "timestamp": now_iso(-60)}))["transactionId"]
+    tx = run(start())
+    # no terminal and no --yes: nothing happens, exit status 2
+    res = CliRunner().invoke(main, ["charger", "remove", "--id", "CP1", "--db", str(tmp_path / "g.db")])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "--yes" in res.stderr, res.output
+    assert "active session" in cli(tmp_path, "charger", "remove", "--id", "CP1", "--yes", ok=False)
+    assert "active session" in cli(tmp_path, "account", "remove", "--id-tag", "TAG1", "--yes",
+                                   ok=False)
+    assert [x["id"] for x in cli(tmp_path, "charger", "list")] == ["CP1"]
+    out = cli(tmp_path, "charger", "remove", "--id", "CP1", "--yes", "--force")
+    assert out == {"id": "CP1", "removed": True, "active_sessions": 1}
+    assert cli(tmp_path, "charger", "list") == []
+    assert "unknown charger" in cli(tmp_path, "charger", "remove", "--id", "CP1", "--yes", ok=False)
+    assert [s["id"] for s in cli(tmp_path, "session", "list", "--charger", "CP1")] == [tx]
+    # the balance alone also needs --force; the balance book keeps it under the address
+    out = cli(tmp_path, "account", "remove", "--id-tag", "TAG1", "--yes", "--force")
+    assert out["active_sessions"] == 1 and int(out["eea"]) > 0
+    assert {x["id_tag"] for x in cli(tmp_path, "account", "list")} == {"SPARE"}
+    from tests.ocpp.fixtures import db, eea
+    conn = db(tmp_path / "g.db")
+    assert eea(conn, EV_ADDR) == int(out["eea"])      # the balance book keeps it
+    conn.close()
+    assert cli(tmp_path, "account", "remove", "--id-tag", "SPARE", "--yes")["removed"] is True
+    assert cli(tmp_path, "account", "list") == []
+    assert [s["id"] for s in cli(tmp_path, "session", "list")] == [tx]
+
+
+def test_account_remove_refuses_a_balance_without_force(tmp_path):
+    cli(tmp_path, "account", "add", "--id-tag", "TAG2", "--address", EV_ADDR)
+    cli(tmp_path, "account", "credit", "--id-tag", "TAG2", "--amount", "2 EEA", "--ref", "d1")
+    err = cli(tmp_path, "account", "remove", "--id-tag", "TAG2", "--yes", ok=False)
+    assert "prepaid balance" in err and "--force" in err
+    assert [x["id_tag"] for x in cli(tmp_path, "account", "list")] == ["TAG2"]
+    out = cli(tmp_path, "account", "remove", "--id-tag", "TAG2", "--yes", "--force")
+    assert out["removed"] and out["eea"] == str(2 * 10**18)
+    res = CliRunner().invoke(main, ["account", "remove", "--id-tag", "TAG2", "--yes", "--db",
+                                    str(tmp_path / "nowhere.db")])
+    assert res.exit_code == 1 and "nowhere.db" in res.stderr
+    assert not (tmp_path / "nowhere.db").exists()
+
+
+def _gw(tmp_path, *args, input=None):
+    """`egs-gw ARGS` with stdout and stderr apart (warnings go to stderr)."""
+    conf = tmp_path / "gw.toml"
+    if not conf.exists():
+        conf.write_text(f'[ocpp]\nprice_per_kwh = "{PRICE} base"\nenergy_pool = "{POOL}"\n')
+    return CliRunner().invoke(main, [*args, "--config", str(conf), "--db", str(tmp_path / "g.db"),
+                                     "--json"], input=input)
+
+
+def _stored_password_is(tmp_path, charger_id, password):
+    """The charger's stored password hash is that of `password` (what Basic auth checks)."""
+    from gateway import db as db_mod
+    from ocpp_cs import auth
+    from ocpp_cs import store as ocpp_store
+    conn = db_mod.connect(str(tmp_path / "g.db"))
+    try:
+        return auth.verify_password(ocpp_store.get_charger(conn, charger_id)["password_hash"],
+                                    password)
+    finally:
+        conn.close()
+
+
+def test_a_charger_password_is_read_from_a_file_or_stdin_without_a_warning(tmp_path):
+    secret = tmp_path / "cp1.pw"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    r = _gw(tmp_path, "charger", "add", "--id", "CP1", "--password-file", str(secret))
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    assert _stored_password_is(tmp_path, "CP1", PASSWORD)
+    r = _gw(tmp_path, "charger", "set", "--id", "CP1", "--password-file", "-",
+            input="another-secret-1\n")
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    assert _stored_password_is(tmp_path, "CP1", "another-secret-1")
+    assert not _stored_password_is(tmp_path, "CP1", PASSWORD)
+
+
+def test_a_password_file_others_may_read_is_used_with_a_one_line_warning(tmp_path):
+    secret = tmp_path / "cp1.pw"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o644)
+    r = _gw(tmp_path, "charger", "add", "--id", "CP1", "--password-file", str(secret))
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("\n") == 1 and "readable by others" in r.stderr, r.stderr
+    assert "chmod 600" in r.stderr and _stored_password_is(tmp_path, "CP1", PASSWORD)
+
+
+def test_a_password_on_the_command_line_still_works_with_a_one_line_warning(tmp_path):
+    for args in (("add", "--id", "CP1", "--password", PASSWORD),
+                 ("set", "--id", "CP1", "--password", "another-secret-1")):
+        r = _gw(tmp_path, "charger", *args)
+        assert r.exit_code == 0, r.output
+        assert r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("egs-gw: warning: --password ") and "--password-file" in r.stderr
+    assert _stored_password_is(tmp_path, "CP1", "another-secret-1")
+
+
+def test_a_missing_or_empty_password_file_is_a_one_line_error_and_registers_nothing(tmp_path):
+    empty = tmp_path / "empty.pw"
+    empty.write_text("")
+    empty.chmod(0o600)
+    for path, what in ((tmp_path / "nope.pw", "cannot read"), (empty, "is empty")):
+        r = _gw(tmp_path, "charger", "add", "--id", "CP1", "--password-file", str(path))
+        assert r.exit_code == 1 and what in r.stderr and r.stderr.count("\n") == 1, r.output
+        assert json.loads(r.stderr)["exit"] == 1
+    r = _gw(tmp_path, "charger", "add", "--id", "CP1")          # no terminal to ask on
+    assert r.exit_code == 2 and "--password-file" in r.stderr and r.stderr.count("\n") == 1
+    r = _gw(tmp_path, "charger", "add", "--id", "CP1", "--password", PASSWORD,
+            "--password-file", str(empty))
+    assert r.exit_code == 2 and "not both" in r.stderr, r.output
+    assert cli(tmp_path, "charger", "list") == []

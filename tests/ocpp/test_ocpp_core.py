@@ -90,9 +90,10 @@ def test_authorize_statuses(tmp_path):
             assert await status("RICH") == "Accepted"
             assert await status("rich") == "Accepted"          # CiString: case-insensitive
             assert await status("RICH-EMAID") == "Accepted"    # configured vendor suffix
-            assert await status("POOR") == "Blocked"           # balance below the deposit
-            assert await status("BLK") == "Blocked"
-            assert await status("OLD") == "Expired"
+            # a charger learns only Invalid for any refusal (which idTags exist stays unknown)
+            assert await status("POOR") == "Invalid"           # balance below the deposit
+            assert await status("BLK") == "Invalid"
+            assert await status("OLD") == "Invalid"
             assert await status("NOBODY") == "Invalid"
             assert await status("RICH-OTHER") == "Invalid"     # not a configured suffix
             # negative: idTag longer than CiString20
@@ -110,7 +111,7 @@ def test_start_transaction(tmp_path):
     async def go():
         async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
             ts = now_iso()
-            res = await c.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1",
+            res = await c.start({"connectorId": 1, "idTag": "TAG1",
                                                   "meterStart": 1000, "timestamp": ts})
             assert res["idTagInfo"]["status"] == "Accepted"
             assert isinstance(res["transactionId"], int)
@@ -142,7 +143,7 @@ def test_meter_values(tmp_path):
 
     async def go():
         async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
-            tx = (await c.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1",
+            tx = (await c.start({"connectorId": 1, "idTag": "TAG1",
                                                   "meterStart": 1000,
                                                   "timestamp": now_iso(-3600)}))["transactionId"]
             assert await c.ok("MeterValues", {
@@ -172,7 +173,7 @@ def test_stop_transaction_settles_and_unknown_stop_is_answered(tmp_path):
 
     async def go():
         async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
-            tx = (await c.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1",
+            tx = (await c.start({"connectorId": 1, "idTag": "TAG1",
                                                   "meterStart": 1000,
                                                   "timestamp": now_iso(-3600)}))["transactionId"]
             res = await c.ok("StopTransaction", {"transactionId": tx, "meterStop": 11000,

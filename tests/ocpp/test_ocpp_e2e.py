@@ -64,7 +64,7 @@ def test_ev_session_settles_exactly_once_on_chain(ledger_env):
         store.add_id_tag(conn, "DRIVER-1", ev)
 
     async def charge():
-        async with central(env.db_path, price_per_kwh=PRICE, energy_pool=pool) as cs:
+        async with central(env.db_path, price_per_kwh=f"{PRICE} base", energy_pool=pool) as cs:
             cp = SimChargePoint(cs.url, "CP-E2E", password=PASSWORD, sign=True,
                                 meter_secret=meter_secret)
             await cp.start()
@@ -96,7 +96,7 @@ def test_ev_session_settles_exactly_once_on_chain(ledger_env):
 
     # the charger replays its StopTransaction (and a StartTransaction retry) after a reboot
     async def replay():
-        async with central(env.db_path, price_per_kwh=PRICE, energy_pool=pool) as cs, \
+        async with central(env.db_path, price_per_kwh=f"{PRICE} base", energy_pool=pool) as cs, \
                 raw_client(cs, "CP-E2E") as c:
             again = await c.ok("StopTransaction", {"transactionId": tx_id,
                                                    "meterStop": row["meter_stop"],

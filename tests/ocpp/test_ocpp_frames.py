@@ -84,7 +84,7 @@ def test_binary_frames_stray_results_and_hostile_sizes(tmp_path):
             res = await c.ok("Authorize", {"idTag": "\u0000\u202eevil"})
             assert res["idTagInfo"]["status"] == "Invalid"
             # a start the CS can still store after all of that
-            res = await c.ok("StartTransaction", {"connectorId": 1, "idTag": "T1",
+            res = await c.start({"connectorId": 1, "idTag": "T1",
                                                   "meterStart": 0, "timestamp": now_iso()})
             assert res["idTagInfo"]["status"] == "Accepted"
     run(go())

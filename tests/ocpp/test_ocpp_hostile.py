@@ -66,7 +66,7 @@ def test_register_values_with_huge_exponents_are_stored_raw_not_converted(tmp_pa
 
     async def go():
         async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
-            tx = (await c.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1",
+            tx = (await c.start({"connectorId": 1, "idTag": "TAG1",
                                                   "meterStart": 12_000,
                                                   "timestamp": now_iso(-3600)}))["transactionId"]
             assert await c.ok("MeterValues", {"connectorId": 1, "transactionId": tx,
@@ -92,7 +92,7 @@ def test_stop_with_meter_stop_beyond_64_bits_is_kept_held_and_settled_once_by_op
 
     async def go():
         async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
-            tx = (await c.ok("StartTransaction", {"connectorId": 1, "idTag": "TAG1",
+            tx = (await c.start({"connectorId": 1, "idTag": "TAG1",
                                                   "meterStart": 0,
                                                   "timestamp": now_iso(-3600)}))["transactionId"]
             stop = {"transactionId": tx, "meterStop": HUGE, "timestamp": now_iso(),
@@ -145,7 +145,7 @@ def test_emulator_resends_an_unanswered_start_and_gets_the_same_transaction(tmp_
                         return
                     await real_send(message)
                 link.send_frame = lose_first_start_answer
-                tx = await cp.start_transaction(1, "TAG1", ev=EV(60, 11, 0.2), authorize=False)
+                tx = await cp.start_transaction(1, "TAG1", ev=EV(60, 11, 0.2))
                 await asyncio.wait_for(tx.started, 20)
                 assert swallowed and cs.connections["CP1"] is link   # same connection
                 assert json.loads(swallowed[0])[2]["transactionId"] == tx.id

@@ -79,7 +79,7 @@ def _raw_session(tmp_path, meter_key, begin=None, end=None, meter_stop=11_000, m
         async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
             ids = []
             for n in range(2 if extra_tx else 1):
-                tx = (await c.ok("StartTransaction", {
+                tx = (await c.start({
                     "connectorId": 1, "idTag": "TAG1", "meterStart": meter_start + n,
                     "timestamp": now_iso(-3600)}))["transactionId"]
                 if begin is not None:

@@ -34,12 +34,12 @@ def test_duplicate_start_gets_same_id_and_stop_twice_settles_once(tmp_path):
     async def go():
         async with central(tmp_path / "g.db") as cs:
             async with raw_client(cs) as c:
-                first = await c.ok("StartTransaction", start)
+                first = await c.start(start)
             async with raw_client(cs) as c:   # the retry arrives on a new connection
                 again = await c.ok("StartTransaction", start)
                 assert again == first
                 # a different start (another meterStart) is another transaction
-                other = await c.ok("StartTransaction", dict(start, connectorId=2, meterStart=9,
+                other = await c.start(dict(start, connectorId=2, meterStart=9,
                                                             timestamp=now_iso()))
                 assert other["transactionId"] != first["transactionId"]
                 assert other["idTagInfo"]["status"] == "ConcurrentTx"
@@ -121,7 +121,7 @@ def test_start_in_flight_when_connection_drops_is_retried_idempotently(tmp_path)
                         return
                     await real_send(message)
                 cs.connections["CP1"].send_frame = lose_start_answer
-                tx = await cp.start_transaction(1, "TAG1", authorize=False)
+                tx = await cp.start_transaction(1, "TAG1")
                 await asyncio.wait_for(dropped.wait(), 10)
                 await asyncio.wait_for(tx.started, 20)  # answered after the reconnect
                 await cp.deliver(1, 500)
@@ -145,6 +145,8 @@ def test_offline_queue_replayed_with_original_timestamps(tmp_path):
             await cp.start()
             try:
                 await cp.wait_connected()
+                # the charger met TAG1 before (its authorization cache): the CS granted it
+                assert await cp.authorize("TAG1") == "Accepted"
                 await cp.go_offline()
                 cp.clock_offset = -3 * 3600          # the outage was three hours ago
                 known = await cp.start_transaction(1, "TAG1", ev=EV(60, 11, 0.5))
@@ -183,7 +185,7 @@ def _session(tmp_path, meter_start, meter_stop, values=(), start_offset=-3600, *
 
     async def go():
         async with central(tmp_path / "g.db", **over) as cs, raw_client(cs) as c:
-            tx = (await c.ok("StartTransaction", {
+            tx = (await c.start({
                 "connectorId": 1, "idTag": "TAG1", "meterStart": meter_start,
                 "timestamp": now_iso(start_offset)}))["transactionId"]
             for sv in values:
@@ -230,7 +232,7 @@ def test_insufficient_balance_at_stop_is_held_not_overdrawn(tmp_path):
 
     async def go():
         async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
-            tx = (await c.ok("StartTransaction", {
+            tx = (await c.start({
                 "connectorId": 1, "idTag": "TAG1", "meterStart": 0,
                 "timestamp": now_iso(-7200)}))["transactionId"]
             await c.ok("StopTransaction", {"transactionId": tx, "meterStop": 40_000,
@@ -249,7 +251,7 @@ def test_stop_with_unreadable_timestamp_is_answered_kept_and_held(tmp_path):
 
     async def go():
         async with central(tmp_path / "g.db") as cs, raw_client(cs) as c:
-            tx = (await c.ok("StartTransaction", {
+            tx = (await c.start({
                 "connectorId": 1, "idTag": "TAG1", "meterStart": 0,
                 "timestamp": now_iso(-3600)}))["transactionId"]
             assert await c.ok("StopTransaction", {
@@ -279,7 +281,7 @@ def test_failing_price_source_holds_the_session_and_still_answers(tmp_path):
         cs.url = f"ws://127.0.0.1:{cs.port}/ocpp"
         try:
             async with raw_client(cs) as c:
-                tx = (await c.ok("StartTransaction", {
+                tx = (await c.start({
                     "connectorId": 1, "idTag": "TAG1", "meterStart": 0,
                     "timestamp": now_iso(-3600)}))["transactionId"]
                 assert await c.ok("StopTransaction", {"transactionId": tx, "meterStop": 2_000,

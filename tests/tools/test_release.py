@@ -230,3 +230,55 @@ def test_release_cli(keys, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "refused" in err and "signature" in err
     assert release.main(["build", "--key", str(tmp_path / "none.pem")]) == 1
+
+
+def _signed_manifest_bundle(keys, manifest_raw, files):
+    return repack([("manifest.json", manifest_raw), ("manifest.sig", p256.sign(keys[0], manifest_raw))]
+                  + [("app/" + n, d) for n, d in files])
+
+
+def _hostile_bundles(keys):
+    """Signed by the release key, yet shaped to crash an unpacker: a manifest nested 5,000
+    levels deep, and one listing both a file `a` and a file `a/b` under it."""
+    sha = hashlib.sha256(b"hi").hexdigest()
+    deep = (b'{"files":[["a",2,"' + sha.encode() + b'"]],"format":1,"port":"esp32",'
+            b'"version":"1.0.0","x":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    both = json.dumps({"files": [["a", 2, sha], ["a/b", 2, sha]], "format": 1, "march": "xtensawin",
+                       "mpy": "6.3", "port": "esp32", "version": "1.0.0"},
+                      sort_keys=True, separators=(",", ":")).encode()
+    return {"deep": (_signed_manifest_bundle(keys, deep, [("a", b"hi")]), "nested too deep"),
+            "file_and_dir": (_signed_manifest_bundle(keys, both, [("a", b"hi"), ("a/b", b"hi")]),
+                             "also a directory")}
+
+
+@pytest.mark.parametrize("kind", ["deep", "file_and_dir"])
+def test_signed_manifest_that_would_crash_the_unpacker_is_refused(keys, tmp_path, kind):
+    data, reason = _hostile_bundles(keys)[kind]
+    dest = tmp_path / "app"
+    dest.mkdir()
+    with pytest.raises(bundle.BundleError, match=reason):
+        bundle.install(io.BytesIO(data), keys[1], str(dest))
+    assert list(dest.iterdir()) == []                  # refused before anything is written
+    from gateway.cliutil import UserError
+    from gateway.devices import installer
+    path = tmp_path / "hostile.tar"
+    path.write_bytes(data)
+    with pytest.raises(UserError, match=reason):
+        installer.check_bundle(path, keys[1])
+
+
+def test_device_code_refuses_hostile_manifests_under_micropython(keys, tmp_path):
+    paths = []
+    for kind, (data, _) in _hostile_bundles(keys).items():
+        p = tmp_path / f"{kind}.tar"
+        p.write_bytes(data)
+        paths.append(str(p))
+    script = tmp_path / "verify.py"
+    script.write_text(MP_VERIFY)
+    proc = subprocess.run([micropython(), "-X", "heapsize=100K", str(script), keys[1].hex()] + paths,
+                          cwd=ROOT, env={"MICROPYPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and "nested too deep" in lines[0] and "also a directory" in lines[1], \
+        proc.stdout + proc.stderr
