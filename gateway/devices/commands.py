@@ -93,6 +93,28 @@ def device_list(app):
     app.emit({"devices": devices}, human)
 
 
+def _readable(value, indent=0):
+    """A status value as text for people: nested keys as `key: value` lines, None as "-"."""
+    pad = "  " * indent
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        if not value:
+            return "-"
+        lines = []
+        for k, v in value.items():
+            if isinstance(v, dict) and v:
+                lines.append(f"{pad}{k}:\n{_readable(v, indent + 1)}")
+            else:
+                lines.append(f"{pad}{k}: {_readable(v, indent + 1)}")
+        return "\n".join(lines)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_readable(v, indent) for v in value) if value else "-"
+    return str(value)
+
+
 @device.command("show")
 @common_options
 @click.option("--id", "device_id", required=True)
@@ -110,8 +132,8 @@ def device_show(app, device_id):
         t = table(show_header=False)
         for k in ("id", "fingerprint", "pubkey", "meter_serial", "account", "revoked", "revoked_reason",
                   "readings", "last_seq", "acked_seq", "last_seen", "created_at"):
-            t.add_row(k, "" if o.get(k) is None else str(o[k]))
-        t.add_row("status", "" if o["status"] is None else str(o["status"]))
+            t.add_row(k, _readable(o.get(k)))
+        t.add_row("status", _readable(o["status"]))
         c.print(t)
         for m in o["meters"]:
             c.print(f"meter epoch {m['epoch']}: {m['meter_serial']} ({m['note']}, {m['registered_at']})")

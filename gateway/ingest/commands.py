@@ -34,6 +34,8 @@ def _reading_out(r, with_raw=True):
         "time_trusted": bool(r["time_trusted"]), "import_wh": r["import_wh"],
         "export_wh": r["export_wh"], "meter_serial": r["meter_serial"], "meter_epoch": r["meter_epoch"],
         "received_at": iso(r["received_at"]),
+        # stamped ahead of the gateway's clock at receipt (accepted up to ingest.max_future_s)
+        "future": r["received_at"] is not None and r["time_epoch"] > r["received_at"],
     }
     if with_raw:
         out["raw"] = r["raw"]
@@ -57,6 +59,8 @@ def readings_cmd(app, device_id, since, limit):
         t = table("device", "seq", "time (UTC)", "import kWh", "export kWh", "meter", "flags")
         for r in data["readings"]:
             flags = "" if r["time_trusted"] else f"time {r['time_status']}: not used for intervals"
+            if r["future"]:
+                flags = "; ".join(f for f in ("[yellow]future[/]: ahead of the gateway's clock", flags) if f)
             t.add_row(r["device_id"], str(r["seq"]), r["time"], format_kwh(r["import_wh"]), format_kwh(r["export_wh"]),
                       r["meter_serial"], flags)
         console().print(t)
@@ -75,10 +79,14 @@ def intervals_cmd(app, device_id, limit):
         store.require_device(conn, device_id)
     intervals.refresh(conn)
     rows = []
-    for r in intervals.list_intervals(conn, device_id, limit):
-        r = dict(r)
+    # the quarter-hour still filling (no row yet, nothing stored for it) comes first
+    stored = [dict(r, in_progress=False) for r in intervals.list_intervals(conn, device_id, limit)]
+    current = [dict(r, in_progress=True) for r in intervals.in_progress(conn, device_id)]
+    for r in sorted(current + stored, key=lambda r: (-r["start"], r["device_id"]))[:limit]:
         r["start_time"], r["end_time"] = iso(r["start"]), iso(r["end"])
         r["settled_at"] = iso(r["settled_at"])
+        if r["in_progress"]:
+            r["reading_until"] = iso(r["reading_until"])
         rows.append(r)
 
     def human(data):
@@ -88,7 +96,7 @@ def intervals_cmd(app, device_id, limit):
                 f"{r['adjust_import_wh']:+d}/{r['adjust_export_wh']:+d} Wh"
             t.add_row(r["device_id"], r["start_time"], format_kwh(r["metered_import_wh"]),
                       format_kwh(r["metered_export_wh"]), adj, "yes" if r["estimated"] else "",
-                      r["state"])
+                      "[cyan]in progress[/]" if r["in_progress"] else r["state"])
         console().print(t)
 
     app.emit({"intervals": rows, "count": len(rows)}, human)

@@ -344,6 +344,48 @@ def list_intervals(conn, device_id=None, limit=200):
     return _with_adjustments(conn, conn.execute(sql, args).fetchall())
 
 
+def in_progress(conn, device_id=None):
+    """The quarter-hour each device's latest reading falls in, not yet complete, for the CLI.
+
+    Its row is created (and can be settled) only once a reading at or after its end
+    arrives; until then its energy so far is worked out here the way `compute` would,
+    from the interval's start to the latest reading, and nothing is stored. Dicts shaped
+    like `list_intervals` rows, with state "in progress" and no id.
+    """
+    sql = ("SELECT d.id, d.account, MAX(r.time_epoch) FROM devices d JOIN readings r ON r.device_id = d.id "
+           "AND r.time_trusted=1")
+    args = []
+    if device_id is not None:
+        sql += " WHERE d.id=?"
+        args.append(device_id)
+    out = []
+    for dev, account, last_t in conn.execute(sql + " GROUP BY d.id ORDER BY d.id", args).fetchall():
+        start = interval_start(last_t)
+        gap = _gap_setting(conn)
+        long_gap = _gap_setting(conn, "intervals.long_gap_s", DEFAULT_LONG_GAP_S)
+        points, _ = _points(conn, dev, start)
+        imp = exp = 0
+        covered = interpolated = False
+        for seg in _segments(points):
+            times = [p[0] for p in seg]
+            lo, hi = max(start, times[0]), min(last_t, times[-1])
+            if lo > hi:
+                continue
+            covered = covered or times[0] <= start
+            a_imp, a_exp, a_est = _value(seg, times, lo, gap, long_gap)
+            b_imp, b_exp, b_est = _value(seg, times, hi, gap, long_gap)
+            imp += b_imp - a_imp
+            exp += b_exp - a_exp
+            interpolated = interpolated or a_est or b_est
+        out.append({"id": None, "device_id": dev, "account": account, "start": start,
+                    "end": start + LENGTH_S, "import_wh": imp, "export_wh": exp,
+                    "metered_import_wh": imp, "metered_export_wh": exp, "adjust_import_wh": 0,
+                    "adjust_export_wh": 0, "estimated": interpolated or not covered,
+                    "state": "in progress", "settlement_id": None, "settled_at": None,
+                    "reading_until": last_t})
+    return out
+
+
 def pending_adjustments(conn, device_id=None):
     """Corrections of settled intervals not yet attached to an unsettled one."""
     sql = "SELECT * FROM interval_adjustments WHERE target_start IS NULL"

@@ -355,6 +355,9 @@ def reconcile_cmd(app):
     report["escrow_total"] = str(report["escrow_total"])
     report["in_flight"] = {k: str(v) for k, v in report["in_flight"].items()}
     report["book_only"] = {k: str(v) for k, v in report["book_only"].items()}
+    # amounts as strings, like the totals (EEA base units go beyond what JSON readers keep exact)
+    report["differences"] = [{k: str(v) if isinstance(v, int) else v for k, v in d.as_dict().items()}
+                             for d in report["differences"]]
 
     def human(d):
         c = _console()
@@ -366,8 +369,8 @@ def reconcile_cmd(app):
         if d["book_only"]:
             c.print(f"book-only goodwill credit: {format_eea(sum(int(v) for v in d['book_only'].values()))} "
                     f"over {len(d['book_only'])} account(s) (not on chain, not a difference)")
-        for line in d["differences"]:
-            c.print(f"[red]DIFF[/red] {line}")
+        for diff in d["differences"]:
+            c.print(f"[red]DIFF[/red] {diff['detail']}")
         c.print("[green]clean[/green]" if not d["differences"] else
                 f"[red]{len(d['differences'])} difference(s)[/red]")
 
@@ -514,6 +517,26 @@ def _check_gas(app, s):
         return
 
 
+def _run_json_lines(runner, until_idle, timeout):
+    """Runner.run_until's loop, printing one JSON line per tick that did something (settled,
+    signed, sent, confirmed, deposits) or saw the chain change state; scripts follow it."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown_chain = None
+    while True:
+        summary = runner.tick()
+        summary["chain"] = summary.get("chain", "up")
+        if summary["chain"] != shown_chain or any(
+                summary.get(k) for k in ("settled", "signed", "sent", "confirmed", "deposits")):
+            click.echo(json.dumps(summary, sort_keys=True, default=str), nl=True)
+            shown_chain = summary["chain"]
+        if until_idle and runner.idle():
+            return True
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        if not runner.busy():
+            time.sleep(runner.s.tick_s)
+
+
 @ledger.command("run")
 @click.option("--until-idle", is_flag=True, help="Exit once the outbox is empty and all is confirmed.")
 @click.option("--timeout", type=Seconds(), default=None, help="Give up after this many seconds (exit 1).")
@@ -528,7 +551,10 @@ def run_cmd(app, until_idle, timeout):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = Runner(s, app.db_path)
     try:
-        ok = runner.run_until(lambda: False, until_idle=until_idle, timeout=timeout)
+        if app.json:
+            ok = _run_json_lines(runner, until_idle, timeout)
+        else:
+            ok = runner.run_until(lambda: False, until_idle=until_idle, timeout=timeout)
     except KeyboardInterrupt:
         ok = True
     finally:

@@ -29,6 +29,23 @@ from gateway.units import EEA_SUPPLY
 SID_EVENTS = ("Settled", "StorageSet", "Withdrawn")
 
 
+class Difference(str):
+    """One difference: its sentence (what people read, and what `==`/`in` compare) plus
+    the fields a script reads (`as_dict`): kind, account, settlement, store, chain and
+    difference = chain - store (None where a side is not a number)."""
+
+    def __new__(cls, text, kind, account=None, store=None, chain=None, settlement=None):
+        d = super().__new__(cls, text)
+        d.kind, d.account, d.settlement, d.store, d.chain = kind, account, settlement, store, chain
+        d.difference = chain - store if isinstance(store, int) and isinstance(chain, int) else None
+        return d
+
+    def as_dict(self):
+        return {"kind": self.kind, "account": self.account, "settlement": self.settlement,
+                "store": self.store, "chain": self.chain, "difference": self.difference,
+                "detail": str(self)}
+
+
 def reconcile(conn, chain):
     chain.check()
     block = chain.block_number()
@@ -40,8 +57,11 @@ def reconcile(conn, chain):
             applied.add("0x" + bytes(ev["args"]["sid"]).hex())
     for ev in chain.events(chain.watt, "Shortfall", first, block):
         a = ev["args"]
-        diffs.append(f"shortfall on chain in settlement 0x{bytes(a['sid']).hex()}: {a['account'].lower()} "
-                     f"lacked {a['missing']} {'WATT' if a['asset'] == 0 else 'EEA'}")
+        sid = "0x" + bytes(a["sid"]).hex()
+        diffs.append(Difference(
+            f"shortfall on chain in settlement {sid}: {a['account'].lower()} "
+            f"lacked {a['missing']} {'WATT' if a['asset'] == 0 else 'EEA'}", "shortfall",
+            account=a["account"].lower(), settlement=sid))
 
     rows = {r["settlement_id"]: r for r in conn.execute("SELECT * FROM ledger_outbox")}
     pending = set()
@@ -49,13 +69,17 @@ def reconcile(conn, chain):
         if sid in applied:
             continue
         if r["state"] == "confirmed":
-            diffs.append(f"settlement {sid} ({r['kind']}) is confirmed in the outbox but not applied on chain")
+            diffs.append(Difference(f"settlement {sid} ({r['kind']}) is confirmed in the outbox but not "
+                                    "applied on chain", "not_applied", settlement=sid,
+                                    store="confirmed", chain="not applied"))
         elif r["state"] == "rejected":
-            diffs.append(f"settlement {sid} ({r['kind']}) was rejected: {r['last_error']}")
+            diffs.append(Difference(f"settlement {sid} ({r['kind']}) was rejected: {r['last_error']}",
+                                    "rejected", settlement=sid, store="rejected", chain="not applied"))
         else:
             pending.add(sid)
     for sid in sorted(applied - set(rows)):
-        diffs.append(f"settlement {sid} is applied on chain but unknown to this gateway")
+        diffs.append(Difference(f"settlement {sid} is applied on chain but unknown to this gateway",
+                                "unknown_settlement", settlement=sid, store="unknown", chain="applied"))
 
     # Deposits on chain the worker has not posted yet are pending too.
     scan_next = tables.get_state(conn, "deposit_scan_next", first)
@@ -82,33 +106,42 @@ def reconcile(conn, chain):
             unbacked[(address, asset, reason)] += value
     for (address, asset, reason), total in sorted(unbacked.items()):
         if total:
-            diffs.append(f"{address}: {total} {asset} in the book ({reason}) with no settlement on chain")
+            diffs.append(Difference(f"{address}: {total} {asset} in the book ({reason}) with no settlement "
+                                    "on chain", f"unbacked_{asset.lower()}", account=address,
+                                    store=total, chain=0))
 
     book_accounts = sorted({a for a, _ in expected} | {a for a, _ in in_flight} | set(late_deposits))
     chain_bal = chain.balances(book_accounts, block) if book_accounts else {}
     for a in book_accounts:
         w, e = chain_bal[a]
         if w != expected[(a, "WATT")]:
-            diffs.append(f"{a}: WATT on chain {w}, book {expected[(a, 'WATT')]}")
+            diffs.append(Difference(f"{a}: WATT on chain {w}, book {expected[(a, 'WATT')]}", "watt_balance",
+                                    account=a, store=expected[(a, "WATT")], chain=w))
         if e != expected[(a, "EEA")] + late_deposits[a]:
-            diffs.append(f"{a}: escrowed EEA on chain {e}, book {expected[(a, 'EEA')]}"
-                         + (f" + {late_deposits[a]} deposited, not yet posted" if late_deposits[a] else ""))
+            diffs.append(Difference(
+                f"{a}: escrowed EEA on chain {e}, book {expected[(a, 'EEA')]}"
+                + (f" + {late_deposits[a]} deposited, not yet posted" if late_deposits[a] else ""),
+                "eea_balance", account=a, store=expected[(a, "EEA")] + late_deposits[a], chain=e))
 
     call = lambda f: chain.call(f.call, block_identifier=block)
     supply = call(chain.watt.functions.totalSupply())
     book_watt = sum(v for (a, asset), v in expected.items() if asset == "WATT")
     if supply != book_watt:
-        diffs.append(f"WATT total supply on chain {supply}, book {book_watt}")
+        diffs.append(Difference(f"WATT total supply on chain {supply}, book {book_watt}", "watt_supply",
+                                store=book_watt, chain=supply))
     escrow_total = call(chain.watt.functions.escrowTotal())
     book_eea = sum(v for (a, asset), v in expected.items() if asset == "EEA") + sum(late_deposits.values())
     if escrow_total != book_eea:
-        diffs.append(f"escrowed EEA total on chain {escrow_total}, book {book_eea}")
+        diffs.append(Difference(f"escrowed EEA total on chain {escrow_total}, book {book_eea}",
+                                "escrow_total", store=book_eea, chain=escrow_total))
     eea_supply = call(chain.eea.functions.totalSupply())
     if eea_supply != EEA_SUPPLY:
-        diffs.append(f"EEA total supply is {eea_supply}, not {EEA_SUPPLY}")
+        diffs.append(Difference(f"EEA total supply is {eea_supply}, not {EEA_SUPPLY}", "eea_supply",
+                                store=EEA_SUPPLY, chain=eea_supply))
     held = call(chain.eea.functions.balanceOf(chain.watt.address))
     if held < escrow_total:
-        diffs.append(f"WATT holds {held} EEA, less than the escrow total {escrow_total}")
+        diffs.append(Difference(f"WATT holds {held} EEA, less than the escrow total {escrow_total}",
+                                "escrow_backing", store=escrow_total, chain=held))
 
     energy = _energy(conn, diffs)
     return {"block": block, "differences": diffs, "applied": len(applied), "pending": len(pending),
@@ -143,22 +176,27 @@ def _energy(conn, diffs):
     for key, (ex, im) in sorted(settled.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         got = batches.get(key)
         if got is None:
-            diffs.append(f"interval energy settled under {key[0]} for {key[1]} has no batch record")
+            diffs.append(Difference(f"interval energy settled under {key[0]} for {key[1]} has no batch record",
+                                    "batch_missing", account=key[1], settlement=key[0]))
         elif got != (ex, im):
-            diffs.append(f"{key[1]}: settlement {key[0]} settled export/import {got}, intervals now say {(ex, im)}")
+            diffs.append(Difference(f"{key[1]}: settlement {key[0]} settled export/import {got}, intervals "
+                                    f"now say {(ex, im)}", "batch_energy", account=key[1], settlement=key[0],
+                                    store=f"{ex}/{im}", chain=f"{got[0]}/{got[1]}"))
     book = {a: v for (a, _), v in accounts.balances(conn, "WATT", reason=settlement.REASON).items()}
     for a in sorted(set(per_account) | set(book)):
         ex, im, grid = per_account.get(a, (0, 0, 0))
         if book.get(a, 0) != ex - (im - grid):
-            diffs.append(f"{a}: WATT for intervals in the book {book.get(a, 0)}, metered export {ex} "
-                         f"- settled import {im - grid}")
+            diffs.append(Difference(f"{a}: WATT for intervals in the book {book.get(a, 0)}, metered export "
+                                    f"{ex} - settled import {im - grid}", "interval_watt", account=a,
+                                    store=book.get(a, 0), chain=ex - (im - grid)))
     batch_sids = [r[0] for r in conn.execute("SELECT settlement_id FROM ledger_batches WHERE onchain=1")]
     known = {r[0] for r in conn.execute("SELECT settlement_id FROM ledger_outbox WHERE kind='interval'")}
     for sid in batch_sids:
         if sid not in known:
-            diffs.append(f"interval batch {sid} has no outbox intent")
+            diffs.append(Difference(f"interval batch {sid} has no outbox intent", "batch_without_intent",
+                                    settlement=sid))
     return {"unassigned_export_wh": unassigned[0], "unassigned_import_wh": unassigned[1],
             "grid_import_wh": sum(v[2] for v in per_account.values())}
 
 
-__all__ = ["outbox", "reconcile"]
+__all__ = ["Difference", "outbox", "reconcile"]

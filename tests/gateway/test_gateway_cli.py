@@ -121,7 +121,8 @@ def test_readings_intervals_events_status(cli, tmp_path):
     assert r["count"] == 8
     first = r["readings"][0]
     assert set(first) == {"device_id", "seq", "time", "time_epoch", "time_status", "time_trusted",
-                          "import_wh", "export_wh", "meter_serial", "meter_epoch", "received_at", "raw"}
+                          "import_wh", "export_wh", "meter_serial", "meter_epoch", "received_at", "raw",
+                          "future"}
     assert first["seq"] == 8 and first["raw"] == recs[7] and first["import_wh"] == 8000
     assert ok_json(cli("readings", "--device", "d1", "--limit", "3", "--json"))["count"] == 3
     assert ok_json(cli("readings", "--since", T0 + 300 * 6, "--json"))["count"] == 3
@@ -134,14 +135,14 @@ def test_readings_intervals_events_status(cli, tmp_path):
     one_line_error(cli("readings", "--device", "zz"), "no device 'zz'")
     one_line_error(cli("readings", "--limit", "0"), "--limit")
     iv = ok_json(cli("intervals", "--device", "d1", "--json"))
-    assert iv["count"] == 2
-    row = iv["intervals"][0]
+    assert iv["count"] == 3
+    row = iv["intervals"][1]
     for key in ("id", "device_id", "account", "start", "end", "start_time", "import_wh", "export_wh",
                 "metered_import_wh", "adjust_import_wh", "estimated", "state", "settlement_id"):
         assert key in row
     assert row["account"] == ACCOUNT and row["state"] == "open"
     # first interval from the first reading (1000 Wh at T0+300) to R(T0+900) = 3000, then 3000 more
-    assert [i["import_wh"] for i in iv["intervals"]] == [3000, 2000]
+    assert [i["import_wh"] for i in iv["intervals"]] == [2000, 3000, 2000]
     ev = ok_json(cli("events", "--json"))
     assert {q["reason"] for q in ev["quarantine"]} == {"malformed", "register_decreased"}
     assert set(ev["quarantine"][0]) >= {"id", "device_id", "reason", "detail", "raw", "count", "seq"}
@@ -157,6 +158,66 @@ def test_readings_intervals_events_status(cli, tmp_path):
         assert res.exit_code == 0 and res.stdout, args
     res = cli("status")
     assert res.exit_code == 1 and "gateway not running" in res.stdout and res.stderr == ""
+
+
+def test_device_show_prints_status_as_text_not_python(cli, tmp_path):
+    from gateway import db
+    s = Signer("d1")
+    cli("device", "add", "--id", "d1", "--pubkey", s.pub.hex(), "--meter-serial", s.serial)
+    conn = db.connect(tmp_path / "gw.sqlite")
+    store.set_status(conn, "d1", {"state": "online", "counters": {"log_depth": 3, "resets": None},
+                                  "faults": ["meter_timeout", "ntp"], "ip": None})
+    conn.commit()
+    conn.close()
+    res = cli("device", "show", "--id", "d1")
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout
+    assert "{" not in out and "None" not in out and "['" not in out, out
+    assert "state: online" in out and "log_depth: 3" in out and "resets: -" in out
+    assert "faults: meter_timeout, ntp" in out and "ip: -" in out
+    assert ok_json(cli("device", "show", "--id", "d1", "--json"))["status"]["counters"] == \
+        {"log_depth": 3, "resets": None}
+
+
+def test_intervals_show_the_quarter_hour_in_progress_without_storing_it(cli, tmp_path, monkeypatch):
+    from gateway import db
+    from gateway.cliutil import iso
+    s = Signer("d1")
+    cli("device", "add", "--id", "d1", "--pubkey", s.pub.hex(), "--meter-serial", s.serial, "--account", ACCOUNT)
+    # readings up to T0+1200: [T0, T0+900) is complete, [T0+900, T0+1800) is still filling
+    _ingest(tmp_path, s, [s.record(i, 1000 * i, 10 * i, T0 + 300 * i) for i in range(1, 5)])
+    iv = ok_json(cli("intervals", "--json"))
+    assert iv["count"] == 2
+    cur, done = iv["intervals"]
+    assert cur["in_progress"] is True and cur["state"] == "in progress" and cur["id"] is None
+    assert cur["start"] == T0 + 900 and cur["import_wh"] == 1000 and cur["export_wh"] == 10
+    assert cur["end"] == T0 + 1800 and cur["reading_until"] == iso(T0 + 1200)
+    assert done["in_progress"] is False and done["state"] == "open" and done["import_wh"] == 2000
+    assert ok_json(cli("intervals", "--limit", "1", "--json"))["intervals"][0]["in_progress"] is True
+    monkeypatch.setenv("COLUMNS", "200")
+    res = cli("intervals")
+    assert res.exit_code == 0 and res.stdout.count("in progress") == 1
+    conn = db.connect(tmp_path / "gw.sqlite")
+    assert conn.execute("SELECT COUNT(*) FROM intervals").fetchone()[0] == 1   # nothing new stored
+    conn.close()
+
+
+def test_readings_stamped_ahead_of_the_gateway_clock_are_flagged(cli, tmp_path, monkeypatch):
+    from gateway import db
+    s = Signer("d1")
+    cli("device", "add", "--id", "d1", "--pubkey", s.pub.hex(), "--meter-serial", s.serial)
+    conn = db.connect(tmp_path / "gw.sqlite")
+    core = IngestCore(conn, COMMUNITY, {"max_future_s": 10**9, "max_age_s": 0, "registration_skew_s": 10**10})
+    # received on the gateway at T0+60: seq 1 was stamped before that, seq 2 120 s ahead of it
+    msgs = [Message(topic("d1"), s.record(1, 100, 0, T0).encode(), received_at=T0 + 60),
+            Message(topic("d1"), s.record(2, 200, 0, T0 + 180).encode(), received_at=T0 + 60)]
+    core.commit(msgs, core.verify_inline(core.prepare(msgs)))
+    conn.close()
+    monkeypatch.setenv("COLUMNS", "200")
+    r = ok_json(cli("readings", "--json"))["readings"]
+    assert [(x["seq"], x["future"]) for x in r] == [(2, True), (1, False)]
+    res = cli("readings")
+    assert res.exit_code == 0 and res.stdout.count("future") == 1
 
 
 def test_verify_command(cli, tmp_path):

@@ -122,8 +122,12 @@ def test_balances_reconcile_storage_withdraw(ledger_env):
                          ([addr("st"), 10**30], "capacity must be at most")):
         r = cli(env, "storage", "set", *bad)
         assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
-    r = cli(env, "run", "--until-idle", "--timeout", "60")
+    r = cli(env, "run", "--until-idle", "--timeout", "60", "--json")
     assert r.exit_code == 0, r.output
+    ticks = [json.loads(line) for line in r.stdout.splitlines()]     # one JSON object per line
+    assert ticks and all(t["chain"] == "up" for t in ticks)
+    assert sum(t["settled"] for t in ticks) == 1 and sum(t["confirmed"] for t in ticks) == 2
+    assert ticks[-1]["pending"] == 0
     b = js(cli(env, "balances", "--account", addr(1), "--json"))["accounts"]
     assert b == [{"account": addr(1), "book_watt_wh": 2400, "chain_watt_wh": 2400, "book_eea": str(20 * 10**18),
                   "chain_eea": str(20 * 10**18), "grid_import_wh": 0}]
@@ -141,6 +145,12 @@ def test_balances_reconcile_storage_withdraw(ledger_env):
     accounts.credit(conn, addr(5), "WATT", 77, reason="hand_edit")
     r = cli(env, "reconcile")
     assert r.exit_code == 1 and "DIFF" in r.output and "77 WATT in the book (hand_edit)" in r.output
+    r = cli(env, "reconcile", "--json")
+    assert r.exit_code == 1
+    [diff] = json.loads(r.stdout)["differences"]
+    assert diff == {"kind": "unbacked_watt", "account": addr(5), "settlement": None, "store": "77",
+                    "chain": "0", "difference": "-77", "detail": diff["detail"]}
+    assert "77 WATT in the book (hand_edit)" in diff["detail"]
 
 
 def test_chain_down_status_still_answers_and_run_reports_an_undrained_outbox(ledger_env):
