@@ -1,7 +1,7 @@
 """The ESP32 fidelity gate: code that only works on the unix port must not land.
 
 `make test` runs the firmware on MicroPython's unix port; the product runs on an ESP32.
-Three checks close the gap, each run by tests/test_fidelity.py and by hand with
+Three checks close the gap, each run by tests/tools/test_fidelity.py and by hand with
 
     .venv/bin/python -m tools.fidelity          # all checks, figures printed
 

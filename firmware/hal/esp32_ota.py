@@ -8,7 +8,7 @@ calls `mark_app_valid_cancel_rollback()`. This module is that path behind the HA
 nothing else in firmware/ touches esp32.Partition. `confirm()` is called when the
 application confirms itself (firmware/app.py), so one rule decides for both layers.
 
-It can only run on an ESP32; tests/test_fidelity.py type-checks it against the ESP32
+It can only run on an ESP32; tests/tools/test_fidelity.py type-checks it against the ESP32
 stubs, so its calls match the port's API.
 """
 import hashlib

@@ -34,7 +34,7 @@ def _key(pub65):
 # reading, so its fields can be taken from the match instead of a general JSON
 # parse, which costs as much as the signature check itself; anything else (other
 # chargers' variants, escapes, whitespace) goes through protocol.ocmf.parse.
-# tests/test_gateway_ingest.py checks both paths agree.
+# tests/gateway/test_gateway_ingest.py checks both paths agree.
 _S = r'"([^"\\\x00-\x1f\x7f|]*)"'
 _KWH = r'(0|[1-9][0-9]{0,14})\.([0-9]{3})'
 _FAST = re.compile(

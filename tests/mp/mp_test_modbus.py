@@ -1,9 +1,9 @@
 """firmware.modbus and firmware.meters under MicroPython: CRC, frames, exact decoding.
 
 Run: micropython -X heapsize=100K tests/mp/runner.py tests/mp/mp_test_modbus.py
-(from the repository root with MICROPYPATH=.frozen:<root>; tests/test_micropython.py does it).
+(from the repository root with MICROPYPATH=.frozen:<root>; tests/protocol/test_micropython.py does it).
 The same functions are checked against independent oracles under CPython in
-tests/test_modbus.py and tests/test_meters.py; the link tests against the emulator run the
+tests/firmware/test_modbus.py and tests/firmware/test_meters.py; the link tests against the emulator run the
 real binary through tests/mp/modbus_probe.py.
 """
 import json

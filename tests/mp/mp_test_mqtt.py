@@ -1,6 +1,6 @@
 """firmware/mqtt.py under MicroPython without a network: encoding, packet ids, framing, backoff.
 
-The parts that need a broker are in tests/test_firmware_mqtt.py (real mosquitto)."""
+The parts that need a broker are in tests/firmware/test_firmware_mqtt.py (real mosquitto)."""
 from firmware import mqtt
 from firmware.mqtt import Backoff, Client, MQTTError
 

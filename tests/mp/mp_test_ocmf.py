@@ -1,8 +1,8 @@
 """protocol.ocmf device side under MicroPython: the shared vectors, byte for byte.
 
 Run: micropython -X heapsize=100K tests/mp/runner.py tests/mp/mp_test_ocmf.py
-(from the repository root, MICROPYPATH containing it; tests/test_micropython.py does this).
-The same vectors run under CPython in tests/test_ocmf.py, so both interpreters
+(from the repository root, MICROPYPATH containing it; tests/protocol/test_micropython.py does this).
+The same vectors run under CPython in tests/protocol/test_ocmf.py, so both interpreters
 must produce identical payloads and records (RFC 6979 signatures are deterministic).
 """
 import json

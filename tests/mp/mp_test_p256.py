@@ -1,7 +1,7 @@
 """protocol.p256 under MicroPython: the shared vectors, byte for byte, and round trips.
 
 Run: micropython -X heapsize=100K tests/mp/runner.py tests/mp/mp_test_p256.py
-(from the repository root, MICROPYPATH containing it; tests/test_micropython.py does this).
+(from the repository root, MICROPYPATH containing it; tests/protocol/test_micropython.py does this).
 """
 import json
 
